@@ -1,1 +1,4 @@
-//! placeholder
+//! aisle-agent: the store gateway daemon.
+pub mod clock;
+pub mod config;
+pub mod ledger;

@@ -1,0 +1,274 @@
+//! How an event changes the materialised state: the ONE definition, used by the writer as it
+//! appends and by `verify` as it replays. The writer decides *whether* an event happens (prices,
+//! versions, idempotency); once it does, only [`apply`] touches the state tables.
+use aisle_protocol::sync::{EventBody, SaleRecord};
+use aisle_protocol::{Currency, Gtin, Money, UtcMillis};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+/// The price and name of a staged price. The protocol's `PriceStaged` event carries only what the
+/// hub needs for batch progress; the ledger also needs what the shelf and the till need, so these
+/// two fields ride along in the stored payload (covered by the hash) and are dropped on upload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagedPrice {
+    pub price: Money,
+    pub name: String,
+}
+
+/// One event body as the ledger stores it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredBody {
+    pub body: EventBody,
+    /// Present exactly when `body` is `PriceStaged`.
+    pub staged: Option<StagedPrice>,
+}
+
+/// Why an event could not be encoded, decoded or applied.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("payload is not a valid event: {0}")]
+    Payload(String),
+    #[error("kind column says '{stored}' but the payload is '{payload}'")]
+    Kind { stored: String, payload: String },
+    #[error("{0}")]
+    Inconsistent(String),
+    #[error(transparent)]
+    Sql(#[from] rusqlite::Error),
+}
+
+impl StoredBody {
+    /// The exact bytes stored and hashed.
+    pub fn encode(&self) -> Result<Vec<u8>, StateError> {
+        let mut v =
+            serde_json::to_value(&self.body).map_err(|e| StateError::Payload(e.to_string()))?;
+        match (&self.body, &self.staged, v.as_object_mut()) {
+            (EventBody::PriceStaged { .. }, Some(s), Some(obj)) => {
+                let price = serde_json::to_value(s.price)
+                    .map_err(|e| StateError::Payload(e.to_string()))?;
+                obj.insert("price".into(), price);
+                obj.insert("name".into(), serde_json::Value::String(s.name.clone()));
+            }
+            (EventBody::PriceStaged { .. }, None, _) => {
+                return Err(StateError::Payload(
+                    "a staged price needs its price and name".into(),
+                ));
+            }
+            (_, None, Some(_)) => {}
+            _ => {
+                return Err(StateError::Payload(
+                    "only a staged price carries details".into(),
+                ));
+            }
+        }
+        serde_json::to_vec(&v).map_err(|e| StateError::Payload(e.to_string()))
+    }
+
+    pub fn decode(kind: &str, payload: &[u8]) -> Result<StoredBody, StateError> {
+        let body: EventBody =
+            serde_json::from_slice(payload).map_err(|e| StateError::Payload(e.to_string()))?;
+        if body.kind() != kind {
+            return Err(StateError::Kind {
+                stored: kind.to_string(),
+                payload: body.kind().to_string(),
+            });
+        }
+        let staged = match body {
+            EventBody::PriceStaged { .. } => Some(
+                serde_json::from_slice::<StagedPrice>(payload)
+                    .map_err(|e| StateError::Payload(format!("staged price details: {e}")))?,
+            ),
+            _ => None,
+        };
+        Ok(StoredBody { body, staged })
+    }
+}
+
+/// Applies one event to the materialised tables.
+pub fn apply(
+    conn: &Connection,
+    seq: u64,
+    at: UtcMillis,
+    ev: &StoredBody,
+) -> Result<(), StateError> {
+    let seq_i =
+        i64::try_from(seq).map_err(|_| StateError::Inconsistent("seq out of range".into()))?;
+    match &ev.body {
+        EventBody::PriceStaged {
+            gtin,
+            version,
+            batch_id,
+            effective_at,
+        } => {
+            let Some(s) = &ev.staged else {
+                return Err(StateError::Payload("staged price without details".into()));
+            };
+            let n = conn.execute(
+                "INSERT INTO prices (gtin, version, price_minor, currency, name, batch_id,
+                                     effective_at, state, active_since, staged_seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', NULL, ?8)
+                 ON CONFLICT DO NOTHING",
+                params![
+                    gtin.as_str(),
+                    version_sql(*version)?,
+                    s.price.minor,
+                    s.price.currency.code(),
+                    s.name,
+                    batch_id.as_str(),
+                    effective_at.0,
+                    seq_i
+                ],
+            )?;
+            if n != 1 {
+                return Err(StateError::Inconsistent(format!(
+                    "price {gtin} version {version} staged twice"
+                )));
+            }
+        }
+        EventBody::PriceActivated {
+            gtin,
+            version,
+            batch_id,
+            price,
+        } => {
+            let row: Option<(i64, String, String, String)> = conn
+                .query_row(
+                    "SELECT price_minor, currency, batch_id, state FROM prices
+                     WHERE gtin = ?1 AND version = ?2",
+                    params![gtin.as_str(), version_sql(*version)?],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .optional()?;
+            let Some((minor, currency, staged_batch, state)) = row else {
+                return Err(StateError::Inconsistent(format!(
+                    "price {gtin} version {version} activated but never staged"
+                )));
+            };
+            if state != "pending"
+                || minor != price.minor
+                || currency != price.currency.code()
+                || staged_batch != batch_id.as_str()
+            {
+                return Err(StateError::Inconsistent(format!(
+                    "price {gtin} version {version} activated with details that differ from its staging"
+                )));
+            }
+            conn.execute(
+                "UPDATE prices SET state = 'active', active_since = ?3 WHERE gtin = ?1 AND version = ?2",
+                params![gtin.as_str(), version_sql(*version)?, at.0],
+            )?;
+            // Highest version wins: everything older is superseded, pending or not.
+            conn.execute(
+                "DELETE FROM prices WHERE gtin = ?1 AND version < ?2",
+                params![gtin.as_str(), version_sql(*version)?],
+            )?;
+        }
+        EventBody::SaleCommitted(rec) => {
+            let n = conn.execute(
+                "INSERT INTO sales (sale_id, seq, at, total_minor, currency)
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+                params![
+                    rec.sale_id.as_str(),
+                    seq_i,
+                    at.0,
+                    rec.total.minor,
+                    rec.total.currency.code()
+                ],
+            )?;
+            if n != 1 {
+                return Err(StateError::Inconsistent(format!(
+                    "sale {} committed twice",
+                    rec.sale_id
+                )));
+            }
+            for line in &rec.lines {
+                add_stock(conn, &line.gtin, -i64::from(line.qty))?;
+            }
+        }
+        EventBody::StockAdjusted {
+            adjustment_id,
+            gtin,
+            delta,
+        } => {
+            let n = conn.execute(
+                "INSERT INTO stock_adjustments (adjustment_id, seq, gtin, delta)
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                params![adjustment_id.to_hex(), seq_i, gtin.as_str(), delta],
+            )?;
+            if n != 1 {
+                return Err(StateError::Inconsistent(format!(
+                    "stock adjustment {adjustment_id} applied twice"
+                )));
+            }
+            add_stock(conn, gtin, *delta)?;
+        }
+    }
+    Ok(())
+}
+
+fn add_stock(conn: &Connection, gtin: &Gtin, delta: i64) -> Result<(), StateError> {
+    conn.execute(
+        "INSERT INTO stock (gtin, on_hand) VALUES (?1, ?2)
+         ON CONFLICT (gtin) DO UPDATE SET on_hand = on_hand + excluded.on_hand",
+        params![gtin.as_str(), delta],
+    )?;
+    Ok(())
+}
+
+pub(crate) fn version_sql(v: u64) -> Result<i64, StateError> {
+    i64::try_from(v).map_err(|_| StateError::Inconsistent(format!("version {v} out of range")))
+}
+
+/// Reads a currency stored by [`apply`].
+pub(crate) fn currency_sql(code: &str) -> rusqlite::Result<Currency> {
+    Currency::parse(code).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+/// Reads a GTIN stored by [`apply`].
+pub(crate) fn gtin_sql(s: &str) -> rusqlite::Result<Gtin> {
+    Gtin::parse(s).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+/// The sale record of a stored `SaleCommitted` event.
+pub(crate) fn sale_of(ev: StoredBody) -> Option<SaleRecord> {
+    match ev.body {
+        EventBody::SaleCommitted(rec) => Some(rec),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use aisle_protocol::BatchId;
+
+    #[test]
+    fn staged_payload_round_trips_and_uploads_as_the_protocol_event() {
+        let cny = Currency::parse("CNY").unwrap();
+        let body = EventBody::PriceStaged {
+            gtin: Gtin::parse("9501101531000").unwrap(),
+            version: 3,
+            batch_id: BatchId::parse("b-1").unwrap(),
+            effective_at: UtcMillis(5),
+        };
+        let stored = StoredBody {
+            body: body.clone(),
+            staged: Some(StagedPrice {
+                price: Money::new(1280, cny),
+                name: "乌龙茶 500ml".into(),
+            }),
+        };
+        let bytes = stored.encode().unwrap();
+        let back = StoredBody::decode("price_staged", &bytes).unwrap();
+        assert_eq!(back, stored);
+        // What the hub receives is the plain protocol event.
+        assert_eq!(serde_json::from_slice::<EventBody>(&bytes).unwrap(), body);
+        assert!(StoredBody::decode("sale_committed", &bytes).is_err());
+        let missing = StoredBody { body, staged: None };
+        assert!(missing.encode().is_err());
+    }
+}

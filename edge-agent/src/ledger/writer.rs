@@ -1,0 +1,820 @@
+//! The writer thread: sole owner of the write connection. It takes every command waiting in the
+//! queue, runs them in ONE transaction (group commit, one fsync for the lot) with a SAVEPOINT
+//! each so a bad command fails alone, and replies only after COMMIT returned.
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use aisle_protocol::chain::{GENESIS, event_hash};
+use aisle_protocol::sync::{
+    Change, ChangeBody, EventBody, MAX_LINE_QTY, MAX_NAME_CHARS, MAX_SALE_LINES, PriceChange,
+    SaleError, SaleLine, SaleRecord, StockAdjustment,
+};
+use aisle_protocol::{EventId, Hlc, HlcClock, Money, UtcMillis};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+
+use super::state::{self, StagedPrice, StoredBody};
+use super::{
+    ChangeOutcome, Contact, Counters, DB_FILE, LOCK_FILE, LedgerError, LedgerMetrics, LedgerView,
+    SaleReceipt, SaleRejection, SaleRequest, hlc_from_bytes, hlc_to_bytes,
+};
+use crate::clock::{HubTime, WallClock};
+
+/// Commands waiting for the writer before senders are made to wait.
+pub(crate) const QUEUE_DEPTH: usize = 8_192;
+/// Most commands in one transaction (bounds the latency of the first one in a group).
+const MAX_GROUP: usize = 1_024;
+/// Largest sane price in minor units (10^15, the protocol's bound for amounts).
+const MAX_PRICE_MINOR: i64 = 1_000_000_000_000_000;
+
+type Reply<T, E = LedgerError> = oneshot::Sender<Result<T, E>>;
+
+pub(crate) enum Command {
+    Sale {
+        req: SaleRequest,
+        reply: Reply<SaleReceipt, SaleRejection>,
+    },
+    Changes {
+        changes: Vec<Change>,
+        next_cursor: Option<u64>,
+        contact: Option<Contact>,
+        reply: Reply<ChangeOutcome>,
+    },
+    ActivateDue {
+        reply: Reply<usize>,
+    },
+    Ack {
+        acked_through: u64,
+        contact: Option<Contact>,
+        reply: Reply<()>,
+    },
+    ResendFrom {
+        seq: u64,
+        reply: Reply<()>,
+    },
+    ResetCursor {
+        reply: Reply<()>,
+    },
+    Contact {
+        contact: Contact,
+        reply: Reply<()>,
+    },
+    Close {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self {
+            Command::Sale { .. } => "Sale",
+            Command::Changes { .. } => "Changes",
+            Command::ActivateDue { .. } => "ActivateDue",
+            Command::Ack { .. } => "Ack",
+            Command::ResendFrom { .. } => "ResendFrom",
+            Command::ResetCursor { .. } => "ResetCursor",
+            Command::Contact { .. } => "Contact",
+            Command::Close { .. } => "Close",
+        };
+        f.write_str(name)
+    }
+}
+
+/// The writer's in-memory mirror of the ledger head and sync position. Cloned before each
+/// command and restored if the command (or the whole group's commit) fails.
+#[derive(Clone, Debug)]
+struct Head {
+    seq: u64,
+    hash: [u8; 32],
+    hlc: HlcClock,
+    acked_through: u64,
+    cursor: u64,
+    last_contact: Option<UtcMillis>,
+    skew_ms: i64,
+    /// Effects to publish once the group commits.
+    new_events: u64,
+    new_sales: u64,
+    staged: bool,
+}
+
+impl Head {
+    fn view(&self) -> LedgerView {
+        LedgerView {
+            last_seq: self.seq,
+            acked_through: self.acked_through,
+            cursor: self.cursor,
+            last_contact: self.last_contact,
+            skew_ms: self.skew_ms,
+        }
+    }
+}
+
+/// A finished command, its reply held until the group commits.
+enum Done {
+    Sale(
+        Reply<SaleReceipt, SaleRejection>,
+        Result<SaleReceipt, SaleRejection>,
+    ),
+    Changes(Reply<ChangeOutcome>, Result<ChangeOutcome, LedgerError>),
+    Count(Reply<usize>, Result<usize, LedgerError>),
+    Unit(Reply<()>, Result<(), LedgerError>),
+}
+
+impl Done {
+    /// The group's commit failed: nothing that looked done was stored.
+    fn commit_failed(self, why: &str) -> Done {
+        let e = || LedgerError::Commit(why.to_string());
+        match self {
+            Done::Sale(r, Ok(_)) => Done::Sale(r, Err(e().into())),
+            Done::Changes(r, Ok(_)) => Done::Changes(r, Err(e())),
+            Done::Count(r, Ok(_)) => Done::Count(r, Err(e())),
+            Done::Unit(r, Ok(())) => Done::Unit(r, Err(e())),
+            failed => failed,
+        }
+    }
+
+    fn send(self) {
+        // A caller that went away no longer needs its answer; the commit stands.
+        match self {
+            Done::Sale(r, v) => drop(r.send(v)),
+            Done::Changes(r, v) => drop(r.send(v)),
+            Done::Count(r, v) => drop(r.send(v)),
+            Done::Unit(r, v) => drop(r.send(v)),
+        }
+    }
+}
+
+pub(crate) struct Writer {
+    conn: Connection,
+    /// Holding the file holds the data dir's lock; dropped with the writer.
+    _lock: File,
+    head: Head,
+    pub(crate) time: Arc<HubTime>,
+    pub(crate) view: watch::Sender<LedgerView>,
+    pub(crate) prices_staged: Arc<Notify>,
+    pub(crate) metrics: LedgerMetrics,
+    pub(crate) counters: Arc<Counters>,
+}
+
+/// Opens the write connection with the durability settings every write relies on.
+pub(crate) fn open_write_connection(path: &Path) -> Result<Connection, LedgerError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    // WAL + FULL: a commit is on disk (WAL fsynced) before COMMIT returns.
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(LedgerError::Invalid(format!(
+            "could not switch the ledger to WAL (got {mode})"
+        )));
+    }
+    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+    conn.execute_batch(include_str!("schema.sql"))?;
+    Ok(conn)
+}
+
+impl Writer {
+    pub(crate) fn open(dir: &Path, clock: Arc<dyn WallClock>) -> Result<Writer, LedgerError> {
+        let lock = lock_dir(dir)?;
+        let conn = open_write_connection(&dir.join(DB_FILE))?;
+        let last: Option<(i64, Vec<u8>, Vec<u8>)> = conn
+            .query_row(
+                "SELECT seq, hash, hlc FROM events ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let (seq, hash, event_hlc) = match last {
+            None => (0, GENESIS, Hlc::default()),
+            Some((seq, hash, hlc)) => {
+                let seq = u64::try_from(seq).map_err(|_| LedgerError::Corrupt {
+                    seq: 0,
+                    reason: "negative seq".into(),
+                })?;
+                let corrupt = |reason: &str| LedgerError::Corrupt {
+                    seq,
+                    reason: reason.into(),
+                };
+                let hash: [u8; 32] = hash
+                    .try_into()
+                    .map_err(|_| corrupt("hash is not 32 bytes"))?;
+                let hlc = hlc_from_bytes(&hlc).ok_or_else(|| corrupt("hlc is not 12 bytes"))?;
+                (seq, hash, hlc)
+            }
+        };
+        let (cursor, acked, last_contact, skew_ms, saved_hlc): (
+            i64,
+            i64,
+            Option<i64>,
+            i64,
+            Option<Vec<u8>>,
+        ) = conn.query_row(
+            "SELECT cursor, acked_through, last_contact, skew_ms, hlc FROM sync_state WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )?;
+        let saved_hlc = saved_hlc
+            .as_deref()
+            .and_then(hlc_from_bytes)
+            .unwrap_or_default();
+        let head = Head {
+            seq,
+            hash,
+            // Never backwards across restarts: the later of the last event and the last observation.
+            hlc: HlcClock::new(event_hlc.max(saved_hlc)),
+            acked_through: u64::try_from(acked).unwrap_or(0).min(seq),
+            cursor: u64::try_from(cursor).unwrap_or(0),
+            last_contact: last_contact.map(UtcMillis),
+            skew_ms,
+            new_events: 0,
+            new_sales: 0,
+            staged: false,
+        };
+        let (view, _) = watch::channel(head.view());
+        Ok(Writer {
+            conn,
+            _lock: lock,
+            time: Arc::new(HubTime::new(clock, skew_ms)),
+            view,
+            prices_staged: Arc::new(Notify::new()),
+            metrics: LedgerMetrics::default(),
+            counters: Arc::new(Counters::default()),
+            head,
+        })
+    }
+
+    /// The writer loop: runs until every handle is gone or `Close` arrives.
+    pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut close_reply = None;
+        while let Some(first) = rx.blocking_recv() {
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(c) => group.push(c),
+                    Err(_) => break,
+                }
+            }
+            let mut work = Vec::with_capacity(group.len());
+            for c in group {
+                match c {
+                    Command::Close { reply } => close_reply = Some(reply),
+                    other => work.push(other),
+                }
+            }
+            if !work.is_empty() {
+                self.commit_group(work);
+            }
+            if close_reply.is_some() {
+                break;
+            }
+        }
+        rx.close();
+        // Commands that raced with Close get `Closed` when their reply sender drops here.
+        drop(rx);
+        drop(self);
+        if let Some(r) = close_reply {
+            let _ = r.send(());
+        }
+    }
+
+    fn commit_group(&mut self, group: Vec<Command>) {
+        let start = self.head.clone();
+        let n = group.len();
+        let mut done = Vec::with_capacity(n);
+        let result = run_group(&mut self.conn, &mut self.head, &self.time, group, &mut done);
+        self.counters
+            .commands
+            .fetch_add(n as u64, Ordering::Relaxed);
+        match result {
+            Ok(()) => {
+                self.counters.transactions.fetch_add(1, Ordering::Relaxed);
+                self.metrics.transactions.inc();
+                self.metrics.group_size.observe(n as f64);
+                self.publish();
+                for d in done {
+                    d.send();
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, commands = n, "ledger group commit failed");
+                self.head = start;
+                let why = e.to_string();
+                for d in done {
+                    d.commit_failed(&why).send();
+                }
+            }
+        }
+    }
+
+    /// After COMMIT: publish the new position and effects.
+    fn publish(&mut self) {
+        let h = &mut self.head;
+        self.metrics.events.inc_by(h.new_events);
+        self.metrics.sales_committed.inc_by(h.new_sales);
+        self.time.set_skew_ms(h.skew_ms);
+        if h.staged {
+            self.prices_staged.notify_one();
+        }
+        h.new_events = 0;
+        h.new_sales = 0;
+        h.staged = false;
+        let view = h.view();
+        self.view.send_if_modified(|v| {
+            let changed = *v != view;
+            *v = view;
+            changed
+        });
+    }
+}
+
+fn lock_dir(dir: &Path) -> Result<File, LedgerError> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK_FILE))?;
+    // A previous ledger in this process may still be finishing its close: wait a little.
+    for _ in 0..50 {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                std::thread::sleep(std::time::Duration::from_millis(40));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+        }
+    }
+    Err(LedgerError::Locked(dir.to_path_buf()))
+}
+
+fn run_group(
+    conn: &mut Connection,
+    head: &mut Head,
+    time: &HubTime,
+    group: Vec<Command>,
+    done: &mut Vec<Done>,
+) -> Result<(), LedgerError> {
+    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // Every transaction first activates what has become due, so a sale in this group is priced
+    // exactly as of its own time even if the activator has not woken yet.
+    let activated = in_savepoint(&mut tx, head, |c, h| activate_due(c, h, time.now()));
+    if let Err(e) = activated {
+        tracing::warn!(error = %e, "activating due prices failed");
+    }
+    for cmd in group {
+        let d = match cmd {
+            Command::Sale { req, reply } => Done::Sale(
+                reply,
+                in_savepoint(&mut tx, head, |c, h| record_sale(c, h, time, &req)),
+            ),
+            Command::Changes {
+                changes,
+                next_cursor,
+                contact,
+                reply,
+            } => Done::Changes(
+                reply,
+                in_savepoint(&mut tx, head, |c, h| {
+                    apply_changes(c, h, time, &changes, next_cursor, contact)
+                }),
+            ),
+            Command::ActivateDue { reply } => Done::Count(
+                reply,
+                in_savepoint(&mut tx, head, |c, h| activate_due(c, h, time.now())),
+            ),
+            Command::Ack {
+                acked_through,
+                contact,
+                reply,
+            } => Done::Unit(
+                reply,
+                in_savepoint(&mut tx, head, |c, h| {
+                    ack(c, h, acked_through)?;
+                    record_contact(c, h, time, contact)
+                }),
+            ),
+            Command::ResendFrom { seq, reply } => Done::Unit(
+                reply,
+                in_savepoint(&mut tx, head, |c, h| resend_from(c, h, seq)),
+            ),
+            Command::ResetCursor { reply } => Done::Unit(
+                reply,
+                in_savepoint(&mut tx, head, |c, h| set_cursor(c, h, 0)),
+            ),
+            Command::Contact { contact, reply } => Done::Unit(
+                reply,
+                in_savepoint(&mut tx, head, |c, h| {
+                    record_contact(c, h, time, Some(contact))
+                }),
+            ),
+            Command::Close { .. } => continue,
+        };
+        done.push(d);
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Runs one command inside its own SAVEPOINT: on error its writes and its changes to the head
+/// are undone and the rest of the group carries on.
+fn in_savepoint<T, E: From<LedgerError>>(
+    tx: &mut Transaction<'_>,
+    head: &mut Head,
+    f: impl FnOnce(&Connection, &mut Head) -> Result<T, E>,
+) -> Result<T, E> {
+    let before = head.clone();
+    let sp = tx.savepoint().map_err(|e| E::from(LedgerError::from(e)))?;
+    match f(&sp, head) {
+        Ok(v) => match sp.commit() {
+            Ok(()) => Ok(v),
+            Err(e) => {
+                *head = before;
+                Err(E::from(LedgerError::from(e)))
+            }
+        },
+        Err(e) => {
+            drop(sp); // ROLLBACK TO + RELEASE
+            *head = before;
+            Err(e)
+        }
+    }
+}
+
+/// Appends one event and applies it to the state, in the caller's transaction.
+fn append(
+    conn: &Connection,
+    head: &mut Head,
+    at: UtcMillis,
+    ev: StoredBody,
+) -> Result<u64, LedgerError> {
+    let hlc = head.hlc.tick(u64::try_from(at.0).unwrap_or(0));
+    let id = EventId::from_bytes(rand::random());
+    let payload = ev.encode()?;
+    let seq = head.seq + 1;
+    let kind = ev.body.kind();
+    let hash = event_hash(&head.hash, seq, &id, hlc, at, kind, &payload);
+    conn.prepare_cached(
+        "INSERT INTO events (seq, event_id, hlc, at, kind, payload, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        i64::try_from(seq).map_err(|_| LedgerError::Invalid("seq overflow".into()))?,
+        &id.as_bytes()[..],
+        &hlc_to_bytes(hlc)[..],
+        at.0,
+        kind,
+        payload,
+        &head.hash[..],
+        &hash[..],
+    ])?;
+    state::apply(conn, seq, at, &ev)?;
+    head.seq = seq;
+    head.hash = hash;
+    head.new_events += 1;
+    Ok(seq)
+}
+
+fn check_request(req: &SaleRequest) -> Result<(), SaleError> {
+    if req.lines.is_empty() {
+        return Err(SaleError::NoLines);
+    }
+    if req.lines.len() > MAX_SALE_LINES {
+        return Err(SaleError::TooManyLines);
+    }
+    for (i, l) in req.lines.iter().enumerate() {
+        if l.qty == 0 || l.qty > MAX_LINE_QTY {
+            return Err(SaleError::BadQty { line: i + 1 });
+        }
+    }
+    if req
+        .payment
+        .reference
+        .as_ref()
+        .is_some_and(|r| r.chars().count() > 64)
+    {
+        return Err(SaleError::Reference);
+    }
+    Ok(())
+}
+
+/// Is a committed sale the same request as `req` (same lines in the same order, same payment)?
+fn same_request(rec: &SaleRecord, req: &SaleRequest) -> bool {
+    rec.payment == req.payment
+        && rec.lines.len() == req.lines.len()
+        && rec
+            .lines
+            .iter()
+            .zip(&req.lines)
+            .all(|(a, b)| a.gtin == b.gtin && a.qty == b.qty)
+}
+
+fn record_sale(
+    conn: &Connection,
+    head: &mut Head,
+    time: &HubTime,
+    req: &SaleRequest,
+) -> Result<SaleReceipt, SaleRejection> {
+    check_request(req)?;
+    let existing: Option<i64> = conn
+        .prepare_cached("SELECT seq FROM sales WHERE sale_id = ?1")
+        .map_err(LedgerError::from)?
+        .query_row([req.sale_id.as_str()], |r| r.get(0))
+        .optional()
+        .map_err(LedgerError::from)?;
+    if let Some(seq) = existing {
+        let receipt = super::reader::sale_at(conn, seq)?;
+        return if same_request(&receipt.record, req) {
+            Ok(receipt)
+        } else {
+            Err(SaleRejection::Conflict(req.sale_id.clone()))
+        };
+    }
+    let mut lines = Vec::with_capacity(req.lines.len());
+    let mut total: Option<Money> = None;
+    let mut price_of = conn
+        .prepare_cached(
+            "SELECT version, price_minor, currency FROM prices WHERE gtin = ?1 AND state = 'active'",
+        )
+        .map_err(LedgerError::from)?;
+    for l in &req.lines {
+        let row: Option<(i64, i64, String)> = price_of
+            .query_row([l.gtin.as_str()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()
+            .map_err(LedgerError::from)?;
+        let Some((version, minor, currency)) = row else {
+            let pending: bool = conn
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM prices WHERE gtin = ?1)",
+                    [l.gtin.as_str()],
+                    |r| r.get(0),
+                )
+                .map_err(LedgerError::from)?;
+            return Err(if pending {
+                SaleRejection::NotYetPriced(l.gtin)
+            } else {
+                SaleRejection::UnknownGtin(l.gtin)
+            });
+        };
+        let unit_price = Money::new(
+            minor,
+            state::currency_sql(&currency).map_err(LedgerError::from)?,
+        );
+        let line_total = unit_price
+            .checked_mul(i64::from(l.qty))
+            .map_err(SaleRejection::Money)?;
+        total = Some(match total {
+            None => line_total,
+            Some(t) if t.currency != line_total.currency => {
+                return Err(SaleRejection::MixedCurrency(l.gtin));
+            }
+            Some(t) => t.checked_add(line_total).map_err(SaleRejection::Money)?,
+        });
+        lines.push(SaleLine {
+            gtin: l.gtin,
+            qty: l.qty,
+            unit_price,
+            price_version: u64::try_from(version).unwrap_or(0),
+            line_total,
+        });
+    }
+    drop(price_of);
+    let Some(total) = total else {
+        return Err(SaleError::NoLines.into());
+    };
+    let record = SaleRecord {
+        sale_id: req.sale_id.clone(),
+        lines,
+        total,
+        payment: req.payment.clone(),
+    };
+    record.validate()?;
+    let at = time.now();
+    let seq = append(
+        conn,
+        head,
+        at,
+        StoredBody {
+            body: EventBody::SaleCommitted(record.clone()),
+            staged: None,
+        },
+    )?;
+    head.new_sales += 1;
+    Ok(SaleReceipt {
+        seq,
+        at,
+        record,
+        replayed: false,
+    })
+}
+
+fn validate_price(p: &PriceChange) -> Result<(), String> {
+    if p.version == 0 || i64::try_from(p.version).is_err() {
+        return Err(format!(
+            "price {}: version {} out of range",
+            p.gtin, p.version
+        ));
+    }
+    if p.price.minor < 0 || p.price.minor > MAX_PRICE_MINOR {
+        return Err(format!("price {}: amount {} out of range", p.gtin, p.price));
+    }
+    let chars = p.name.chars().count();
+    if chars == 0 || chars > MAX_NAME_CHARS || p.name.chars().any(char::is_control) {
+        return Err(format!(
+            "price {}: name must be 1 to {MAX_NAME_CHARS} characters without control characters",
+            p.gtin
+        ));
+    }
+    Ok(())
+}
+
+fn validate_adjustment(a: &StockAdjustment) -> Result<(), String> {
+    if a.delta.unsigned_abs() > 1_000_000_000 {
+        return Err(format!(
+            "stock adjustment {}: delta out of range",
+            a.adjustment_id
+        ));
+    }
+    Ok(())
+}
+
+fn apply_changes(
+    conn: &Connection,
+    head: &mut Head,
+    time: &HubTime,
+    changes: &[Change],
+    next_cursor: Option<u64>,
+    contact: Option<Contact>,
+) -> Result<ChangeOutcome, LedgerError> {
+    let mut out = ChangeOutcome::default();
+    for (i, change) in changes.iter().enumerate() {
+        let invalid = |m: String| {
+            LedgerError::Invalid(format!("change {} (hub seq {}): {m}", i + 1, change.seq))
+        };
+        match &change.body {
+            ChangeBody::Price(p) => {
+                validate_price(p).map_err(invalid)?;
+                let known: Option<i64> = conn
+                    .prepare_cached("SELECT MAX(version) FROM prices WHERE gtin = ?1")?
+                    .query_row([p.gtin.as_str()], |r| r.get(0))?;
+                // Highest version wins; an equal or older one (a replay, a resync) changes nothing.
+                if known.is_some_and(|k| u64::try_from(k).unwrap_or(0) >= p.version) {
+                    out.ignored_prices += 1;
+                    continue;
+                }
+                append(
+                    conn,
+                    head,
+                    time.now(),
+                    StoredBody {
+                        body: EventBody::PriceStaged {
+                            gtin: p.gtin,
+                            version: p.version,
+                            batch_id: p.batch_id.clone(),
+                            effective_at: p.effective_at,
+                        },
+                        staged: Some(StagedPrice {
+                            price: p.price,
+                            name: p.name.clone(),
+                        }),
+                    },
+                )?;
+                head.staged = true;
+                out.staged += 1;
+            }
+            ChangeBody::StockAdjustment(a) => {
+                validate_adjustment(a).map_err(invalid)?;
+                let seen: bool = conn
+                    .prepare_cached(
+                        "SELECT EXISTS (SELECT 1 FROM stock_adjustments WHERE adjustment_id = ?1)",
+                    )?
+                    .query_row([a.adjustment_id.to_hex()], |r| r.get(0))?;
+                if seen {
+                    out.ignored_adjustments += 1;
+                    continue;
+                }
+                append(
+                    conn,
+                    head,
+                    time.now(),
+                    StoredBody {
+                        body: EventBody::StockAdjusted {
+                            adjustment_id: a.adjustment_id,
+                            gtin: a.gtin,
+                            delta: a.delta,
+                        },
+                        staged: None,
+                    },
+                )?;
+                out.adjusted += 1;
+            }
+        }
+    }
+    out.activated = activate_due(conn, head, time.now())?;
+    if let Some(c) = next_cursor {
+        set_cursor(conn, head, c)?;
+    }
+    record_contact(conn, head, time, contact)?;
+    Ok(out)
+}
+
+/// Activates, per GTIN, the highest pending version whose `effective_at` has come.
+fn activate_due(conn: &Connection, head: &mut Head, now: UtcMillis) -> Result<usize, LedgerError> {
+    let due: Vec<(String, i64, String, i64, String)> = {
+        let mut stmt = conn.prepare_cached(
+            "SELECT p.gtin, p.version, p.batch_id, p.price_minor, p.currency FROM prices p
+             WHERE p.state = 'pending' AND p.effective_at <= ?1
+               AND p.version = (SELECT MAX(q.version) FROM prices q
+                                WHERE q.gtin = p.gtin AND q.state = 'pending' AND q.effective_at <= ?1)
+             ORDER BY p.gtin",
+        )?;
+        let rows = stmt.query_map([now.0], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?;
+        rows.collect::<Result<_, _>>()?
+    };
+    let n = due.len();
+    for (gtin, version, batch, minor, currency) in due {
+        let gtin = state::gtin_sql(&gtin)?;
+        let batch_id = aisle_protocol::BatchId::parse(&batch)
+            .map_err(|e| LedgerError::Invalid(format!("stored batch id: {e}")))?;
+        let price = Money::new(minor, state::currency_sql(&currency)?);
+        append(
+            conn,
+            head,
+            now,
+            StoredBody {
+                body: EventBody::PriceActivated {
+                    gtin,
+                    version: u64::try_from(version).unwrap_or(0),
+                    batch_id,
+                    price,
+                },
+                staged: None,
+            },
+        )?;
+    }
+    Ok(n)
+}
+
+fn set_cursor(conn: &Connection, head: &mut Head, cursor: u64) -> Result<(), LedgerError> {
+    let c = i64::try_from(cursor)
+        .map_err(|_| LedgerError::Invalid(format!("cursor {cursor} out of range")))?;
+    conn.prepare_cached("UPDATE sync_state SET cursor = ?1 WHERE id = 1")?
+        .execute([c])?;
+    head.cursor = cursor;
+    Ok(())
+}
+
+fn ack(conn: &Connection, head: &mut Head, acked_through: u64) -> Result<(), LedgerError> {
+    if acked_through > head.seq {
+        return Err(LedgerError::Invalid(format!(
+            "hub acknowledged seq {acked_through} but the ledger ends at {}",
+            head.seq
+        )));
+    }
+    if acked_through > head.acked_through {
+        conn.prepare_cached("UPDATE sync_state SET acked_through = ?1 WHERE id = 1")?
+            .execute([i64::try_from(acked_through).unwrap_or(i64::MAX)])?;
+        head.acked_through = acked_through;
+    }
+    Ok(())
+}
+
+fn resend_from(conn: &Connection, head: &mut Head, seq: u64) -> Result<(), LedgerError> {
+    if seq == 0 || seq > head.seq + 1 {
+        return Err(LedgerError::Invalid(format!(
+            "hub expects seq {seq} next but the ledger ends at {}",
+            head.seq
+        )));
+    }
+    let through = seq - 1;
+    conn.prepare_cached("UPDATE sync_state SET acked_through = ?1 WHERE id = 1")?
+        .execute([i64::try_from(through).unwrap_or(i64::MAX)])?;
+    head.acked_through = through;
+    Ok(())
+}
+
+fn record_contact(
+    conn: &Connection,
+    head: &mut Head,
+    time: &HubTime,
+    contact: Option<Contact>,
+) -> Result<(), LedgerError> {
+    let Some(c) = contact else { return Ok(()) };
+    let skew = c.skew_ms.unwrap_or(head.skew_ms);
+    let physical = time.local_ms().saturating_add(skew);
+    let remote = Hlc {
+        wall_ms: u64::try_from(c.server_time.0).unwrap_or(0),
+        counter: 0,
+    };
+    let hlc = head
+        .hlc
+        .observe(remote, u64::try_from(physical).unwrap_or(0));
+    conn.prepare_cached(
+        "UPDATE sync_state SET last_contact = ?1, skew_ms = ?2, hlc = ?3 WHERE id = 1",
+    )?
+    .execute(params![c.server_time.0, skew, &hlc_to_bytes(hlc)[..]])?;
+    head.last_contact = Some(c.server_time);
+    head.skew_ms = skew;
+    Ok(())
+}
