@@ -109,6 +109,18 @@ impl HubTime {
     }
 }
 
+/// RFC 3339 in UTC with milliseconds, as the public API shows instants.
+pub fn rfc3339(t: UtcMillis) -> String {
+    let nanos = i128::from(t.0) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| t.0.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +139,14 @@ mod tests {
         m.set(10);
         assert_eq!(hub.now(), UtcMillis(10));
         assert_eq!(hub.local_ms(), -190);
+    }
+
+    #[test]
+    fn formats_rfc3339() {
+        assert_eq!(rfc3339(UtcMillis(0)), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            rfc3339(UtcMillis(1_767_225_600_123)),
+            "2026-01-01T00:00:00.123Z"
+        );
     }
 }

@@ -1,0 +1,232 @@
+//! The local HTTP API for lanes, staff devices and monitoring. Every error answers
+//! `aisle_protocol::sync::ErrorBody` JSON.
+//!
+//! [`ROUTES`] is the one list of what is served: the router is built from it and a test checks
+//! `openapi.json` documents exactly it.
+use std::sync::Arc;
+
+use aisle_protocol::StoreId;
+use aisle_protocol::sync::{ErrorBody, error_code};
+use axum::Json;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodFilter, MethodRouter, on};
+
+use crate::ledger::Ledger;
+use crate::metrics::AgentMetrics;
+use crate::sync::SyncShared;
+
+mod prices;
+mod sales;
+mod status;
+
+pub use prices::PriceResponse;
+pub use sales::{MAX_SALE_BODY_BYTES, SaleLineResponse, SaleResponse};
+
+/// The hand-written OpenAPI 3.1 document served at `/openapi.json`.
+pub const OPENAPI_JSON: &str = include_str!("../../openapi.json");
+
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub store: StoreId,
+    pub ledger: Ledger,
+    pub sync: Arc<SyncShared>,
+    pub metrics: Arc<AgentMetrics>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HttpMethod {
+    Get,
+    Post,
+}
+
+impl HttpMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpMethod::Get => "GET",
+            HttpMethod::Post => "POST",
+        }
+    }
+
+    fn filter(self) -> MethodFilter {
+        match self {
+            HttpMethod::Get => MethodFilter::GET,
+            HttpMethod::Post => MethodFilter::POST,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Healthz,
+    Metrics,
+    OpenApi,
+    Price,
+    Sales,
+    SyncStatus,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub method: HttpMethod,
+    /// In axum's syntax, which is also OpenAPI's (`{gtin}`).
+    pub path: &'static str,
+    pub endpoint: Endpoint,
+}
+
+/// Every route the agent serves.
+pub const ROUTES: &[Route] = &[
+    Route {
+        method: HttpMethod::Get,
+        path: "/healthz",
+        endpoint: Endpoint::Healthz,
+    },
+    Route {
+        method: HttpMethod::Get,
+        path: "/metrics",
+        endpoint: Endpoint::Metrics,
+    },
+    Route {
+        method: HttpMethod::Get,
+        path: "/openapi.json",
+        endpoint: Endpoint::OpenApi,
+    },
+    Route {
+        method: HttpMethod::Get,
+        path: "/v1/prices/{gtin}",
+        endpoint: Endpoint::Price,
+    },
+    Route {
+        method: HttpMethod::Post,
+        path: "/v1/sales",
+        endpoint: Endpoint::Sales,
+    },
+    Route {
+        method: HttpMethod::Get,
+        path: "/v1/sync/status",
+        endpoint: Endpoint::SyncStatus,
+    },
+];
+
+fn handler(route: &Route) -> MethodRouter<AppState> {
+    let f = route.method.filter();
+    match route.endpoint {
+        Endpoint::Healthz => on(f, status::healthz),
+        Endpoint::Metrics => on(f, status::metrics),
+        Endpoint::OpenApi => on(f, status::openapi),
+        Endpoint::Price => on(f, prices::get_price),
+        Endpoint::Sales => on(f, sales::create_sale),
+        Endpoint::SyncStatus => on(f, status::sync_status),
+    }
+}
+
+/// The API router, built from [`ROUTES`].
+pub fn router(state: AppState) -> Router {
+    let mut r = Router::new();
+    for route in ROUTES {
+        r = r.route(route.path, handler(route));
+    }
+    r.fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_SALE_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        error_code::NOT_FOUND,
+        "no such route",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        error_code::BAD_REQUEST,
+        "method not allowed on this route",
+    )
+}
+
+/// An error answer: a status and an [`ErrorBody`].
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub body: ErrorBody,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            body: ErrorBody {
+                error: code.to_string(),
+                message: message.into(),
+                expected_from: None,
+            },
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, error_code::BAD_REQUEST, message)
+    }
+
+    pub fn unprocessable(message: impl Into<String>) -> ApiError {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            error_code::BAD_REQUEST,
+            message,
+        )
+    }
+
+    /// A ledger failure: logged in full, answered briefly.
+    pub fn ledger(e: &crate::ledger::LedgerError) -> ApiError {
+        tracing::error!(error = %e, "ledger error while answering a request");
+        match e {
+            crate::ledger::LedgerError::Closed => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                error_code::UNAVAILABLE,
+                "the ledger is shutting down",
+            ),
+            _ => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                error_code::INTERNAL,
+                "the ledger could not complete the request",
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn openapi_documents_exactly_the_served_routes() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI_JSON).unwrap();
+        assert_eq!(doc["openapi"].as_str().unwrap().get(..3), Some("3.1"));
+        let mut documented = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                if ["get", "post", "put", "delete", "patch"].contains(&method.as_str()) {
+                    documented.insert((method.to_uppercase(), path.clone()));
+                }
+            }
+        }
+        let served: BTreeSet<(String, String)> = ROUTES
+            .iter()
+            .map(|r| (r.method.as_str().to_string(), r.path.to_string()))
+            .collect();
+        assert_eq!(documented, served);
+    }
+}
