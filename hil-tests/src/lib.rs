@@ -1,1 +1,8 @@
-//! placeholder
+//! The virtual store: the real hub and agent binaries, a fault proxy between them, scenario
+//! helpers for the tests in `tests/`, and the benchmarks run by `scripts/bench`.
+//!
+//! Device paths and service addresses come from the environment, so the same scenarios can run
+//! against real hardware later.
+pub mod bench;
+pub mod harness;
+pub mod proxy;

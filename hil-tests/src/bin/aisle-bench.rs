@@ -1,0 +1,56 @@
+//! `scripts/bench [NAME...]`: runs the benchmarks and writes `report.json` and `report.md`.
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aisle_hil::bench::{self, BenchResult};
+use anyhow::{Result, bail};
+use clap::Parser;
+
+const ALL: &[&str] = &["ledger_append", "catch_up", "agent_rss"];
+
+#[derive(Parser, Debug)]
+#[command(about = "Aisle benchmarks, each beside its baseline measured in the same run")]
+struct Args {
+    /// Benchmarks to run (default: all): ledger_append, catch_up, agent_rss.
+    names: Vec<String>,
+    /// Where report.json and report.md go.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+    /// Seconds each ledger_append configuration runs.
+    #[arg(long, default_value_t = 4)]
+    seconds: u64,
+    /// Offline sales in catch_up.
+    #[arg(long, default_value_t = 200_000)]
+    sales: usize,
+    /// SKUs priced in agent_rss.
+    #[arg(long, default_value_t = 100_000)]
+    skus: u64,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let names: Vec<String> = if args.names.is_empty() {
+        ALL.iter().map(|s| s.to_string()).collect()
+    } else {
+        args.names.clone()
+    };
+    for n in &names {
+        if !ALL.contains(&n.as_str()) {
+            bail!("unknown benchmark '{n}'; known: {}", ALL.join(", "));
+        }
+    }
+    let mut results: BTreeMap<String, BenchResult> = BTreeMap::new();
+    for name in &names {
+        eprintln!("[bench] {name} ...");
+        let r = match name.as_str() {
+            "ledger_append" => bench::ledger_append::run(Duration::from_secs(args.seconds)).await?,
+            "catch_up" => bench::catch_up::run(args.sales).await?,
+            "agent_rss" => bench::rss::run(args.skus, args.sales).await?,
+            other => bail!("unknown benchmark {other}"),
+        };
+        results.insert(name.clone(), r);
+    }
+    bench::write_report(&args.out, &results)
+}
