@@ -1,0 +1,127 @@
+//! `POST /v1/price-batches` and `GET /v1/price-batches/{id}`.
+use aisle_protocol::{BatchId, StoreId};
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, ApiPath, ApiQuery, AppState, Body, HqAuth, media_type};
+use crate::price_batch::PriceBatch;
+use crate::timefmt::format_rfc3339;
+
+/// Query of a CSV upload (JSON batches carry these in the body).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchParams {
+    pub stores: Option<String>,
+    pub effective_at: Option<String>,
+}
+
+/// Answer to a stored batch.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BatchCreated {
+    pub batch_id: BatchId,
+    pub items: usize,
+    pub stores: Vec<StoreId>,
+    pub created_at: String,
+    pub effective_at: String,
+}
+
+/// A batch's progress per store.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BatchProgressBody {
+    pub batch_id: BatchId,
+    pub created_at: String,
+    pub effective_at: String,
+    pub items: u64,
+    pub stores: Vec<StoreProgressBody>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StoreProgressBody {
+    pub store: StoreId,
+    pub items: u64,
+    pub staged: u64,
+    pub active: u64,
+}
+
+/// `POST /v1/price-batches` (HQ): a JSON or CSV batch, stored all or nothing.
+pub async fn create(
+    State(state): State<AppState>,
+    _hq: HqAuth,
+    headers: HeaderMap,
+    ApiQuery(params): ApiQuery<BatchParams>,
+    Body(body): Body,
+) -> Result<(StatusCode, Json<BatchCreated>), ApiError> {
+    let batch = match media_type(&headers) {
+        Some("text/csv") => {
+            let stores = params.stores.as_deref().ok_or_else(|| {
+                ApiError::BadRequest(
+                    "a CSV batch names its stores in the query: ?stores=all or ?stores=S001,S002"
+                        .into(),
+                )
+            })?;
+            PriceBatch::from_csv(&body, stores, params.effective_at.as_deref())?
+        }
+        Some("application/json") => {
+            if params.stores.is_some() || params.effective_at.is_some() {
+                return Err(ApiError::BadRequest(
+                    "a JSON batch carries stores and effective_at in its body, not the query"
+                        .into(),
+                ));
+            }
+            PriceBatch::from_json(&body)?
+        }
+        _ => {
+            return Err(ApiError::UnsupportedMediaType(
+                "send the batch as Content-Type: application/json or text/csv".into(),
+            ));
+        }
+    };
+    let receipt = state.storage.create_price_batch(&batch).await?;
+    state.metrics.price_batches.inc();
+    state.metrics.price_batch_items.inc_by(receipt.items as u64);
+    tracing::info!(
+        target: "audit",
+        batch = %receipt.batch_id,
+        items = receipt.items,
+        stores = receipt.stores.len(),
+        "price batch stored"
+    );
+    Ok((
+        StatusCode::CREATED,
+        Json(BatchCreated {
+            batch_id: receipt.batch_id,
+            items: receipt.items,
+            stores: receipt.stores,
+            created_at: format_rfc3339(receipt.created_at),
+            effective_at: format_rfc3339(receipt.effective_at),
+        }),
+    ))
+}
+
+/// `GET /v1/price-batches/{id}` (HQ): how far each store got.
+pub async fn progress(
+    State(state): State<AppState>,
+    _hq: HqAuth,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<BatchProgressBody>, ApiError> {
+    let id = BatchId::parse(&id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let p = state.storage.batch_progress(&id).await?;
+    Ok(Json(BatchProgressBody {
+        batch_id: p.batch_id,
+        created_at: format_rfc3339(p.created_at),
+        effective_at: format_rfc3339(p.effective_at),
+        items: p.items,
+        stores: p
+            .stores
+            .into_iter()
+            .map(|s| StoreProgressBody {
+                store: s.store,
+                items: s.items,
+                staged: s.staged,
+                active: s.active,
+            })
+            .collect(),
+    }))
+}

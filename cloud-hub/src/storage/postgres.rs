@@ -1,0 +1,942 @@
+//! [`HubStorage`] on PostgreSQL (tokio-postgres with a deadpool pool).
+//!
+//! Several hub processes may serve one database: they share nothing but the database, and wake
+//! each other's long-polls through LISTEN/NOTIFY ([`PgChangeListener`]).
+//!
+//! Cursor safety: a sequence hands out numbers at draw time but transactions commit in any order,
+//! so a reader could see seq 11 committed, move its cursor past it, and never see seq 10 that
+//! commits a moment later. Every changefeed writer therefore takes [`CHANGEFEED_LOCK`]
+//! (`pg_advisory_xact_lock`) before it draws a seq and holds it to commit: seqs become visible
+//! strictly in order. Sales' `hub_seq` cursor is protected the same way by [`SALES_LOCK`].
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aisle_protocol::sync::{ChangeBody, ChangePage, LedgerEvent, PriceChange, UploadAck};
+use aisle_protocol::{BatchId, GatewayId, Gtin, StoreId, UtcMillis};
+use async_trait::async_trait;
+use deadpool_postgres::{
+    GenericClient, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
+};
+use tokio_postgres::{IsolationLevel, Row};
+
+use super::{
+    AdjustmentReceipt, AuthenticatedGateway, Backend, BatchProgress, BatchReceipt,
+    CompactionReport, GatewayCredential, HubStorage, NewStockAdjustment, NewStore, SCHEMA_VERSION,
+    SalesPage, SalesSince, SideEffect, StockLevel, StorageError, Store, StoreProgress,
+    adjustment_delta_key, check_batch_against_stores, decode_change, decode_sale, encode_json,
+    hashes_equal, new_batch_id, now, parse_currency, parse_gtin, parse_store_id, redact_url,
+    sale_delta_key, side_effect, split_upload, to_i64, to_u64, validate_upload,
+};
+use crate::changefeed::{ChangeFeed, ChangeSubscription, NOTIFY_CHANNEL, PgChangeListener};
+use crate::price_batch::{BatchStores, PriceBatch};
+
+const SCHEMA: &str = include_str!("schema_postgres.sql");
+
+/// Advisory lock held by every changefeed writer from before its first seq to commit.
+pub const CHANGEFEED_LOCK: i64 = 0x4149_534c_4501;
+/// Advisory lock held by every transaction that inserts sales, for the same reason.
+pub const SALES_LOCK: i64 = 0x4149_534c_4502;
+/// Advisory lock held while migrating the schema.
+pub const MIGRATION_LOCK: i64 = 0x4149_534c_4503;
+
+/// Most pooled connections per hub process.
+const POOL_SIZE: usize = 16;
+const POOL_WAIT: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// PostgreSQL-backed hub storage.
+#[derive(Debug)]
+pub struct PgStorage {
+    pool: Pool,
+    feed: Arc<ChangeFeed>,
+    // Dropped with the storage: stops the LISTEN connection.
+    _listener: PgChangeListener,
+}
+
+fn pool_error(e: PoolError) -> StorageError {
+    match e {
+        PoolError::Backend(e) => StorageError::Postgres(e),
+        other => StorageError::Unavailable(other.to_string()),
+    }
+}
+
+impl PgStorage {
+    /// Connects, migrates the schema and starts the LISTEN connection.
+    pub async fn open(url: &str) -> Result<Self, StorageError> {
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|_| StorageError::UnsupportedUrl(redact_url(url)))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        let manager = Manager::from_config(
+            config.clone(),
+            tokio_postgres::NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(CONNECT_TIMEOUT * 2))
+            .build()
+            .map_err(|e| StorageError::Unavailable(e.to_string()))?;
+        let storage_feed = Arc::new(ChangeFeed::new());
+        let mut client = pool.get().await.map_err(pool_error)?;
+        migrate(&mut client).await?;
+        drop(client);
+        Ok(PgStorage {
+            pool,
+            _listener: PgChangeListener::spawn(config, storage_feed.clone()),
+            feed: storage_feed,
+        })
+    }
+
+    async fn client(&self) -> Result<Object, StorageError> {
+        self.pool.get().await.map_err(pool_error)
+    }
+}
+
+async fn migrate(client: &mut Object) -> Result<(), StorageError> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    tx.batch_execute(SCHEMA).await?;
+    let found: Option<i64> = tx
+        .query_one("SELECT MAX(version) FROM schema_version", &[])
+        .await?
+        .try_get(0)?;
+    match found {
+        None => {
+            tx.execute(
+                "INSERT INTO schema_version (version) VALUES ($1)",
+                &[&SCHEMA_VERSION],
+            )
+            .await?;
+        }
+        Some(v) if v > SCHEMA_VERSION => return Err(StorageError::SchemaTooNew { found: v }),
+        Some(_) => {}
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+fn to_store(r: &Row) -> Result<Store, StorageError> {
+    Ok(Store {
+        id: parse_store_id(r.try_get("store_id")?)?,
+        name: r.try_get("name")?,
+        currency: parse_currency(r.try_get("currency")?)?,
+        created_at: UtcMillis(r.try_get("created_at")?),
+    })
+}
+
+async fn load_store<C: GenericClient>(c: &C, id: &StoreId) -> Result<Option<Store>, StorageError> {
+    c.query_opt(
+        "SELECT store_id, name, currency, created_at FROM stores WHERE store_id = $1",
+        &[&id.as_str()],
+    )
+    .await?
+    .as_ref()
+    .map(to_store)
+    .transpose()
+}
+
+async fn load_stores<C: GenericClient>(c: &C) -> Result<Vec<Store>, StorageError> {
+    c.query(
+        "SELECT store_id, name, currency, created_at FROM stores ORDER BY store_id",
+        &[],
+    )
+    .await?
+    .iter()
+    .map(to_store)
+    .collect()
+}
+
+async fn require_store<C: GenericClient>(c: &C, id: &StoreId) -> Result<Store, StorageError> {
+    load_store(c, id)
+        .await?
+        .ok_or_else(|| StorageError::UnknownStore(id.clone()))
+}
+
+/// Takes the changefeed writers' lock; see the module comment for why.
+async fn lock_changefeed<C: GenericClient>(c: &C) -> Result<(), StorageError> {
+    c.execute("SELECT pg_advisory_xact_lock($1)", &[&CHANGEFEED_LOCK])
+        .await?;
+    Ok(())
+}
+
+/// Queues a NOTIFY per store; PostgreSQL delivers them only if and when the transaction commits.
+async fn notify_stores<C: GenericClient>(c: &C, stores: &[&str]) -> Result<(), StorageError> {
+    c.execute(
+        "SELECT pg_notify($1, s) FROM unnest($2::text[]) AS s",
+        &[&NOTIFY_CHANNEL, &stores],
+    )
+    .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl HubStorage for PgStorage {
+    fn backend(&self) -> Backend {
+        Backend::Postgres
+    }
+
+    async fn health(&self) -> Result<(), StorageError> {
+        self.client().await?.query_one("SELECT 1", &[]).await?;
+        Ok(())
+    }
+
+    async fn create_store(&self, store: &NewStore) -> Result<Store, StorageError> {
+        let client = self.client().await?;
+        let created_at = now();
+        let n = client
+            .execute(
+                "INSERT INTO stores (store_id, name, currency, created_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (store_id) DO NOTHING",
+                &[
+                    &store.id.as_str(),
+                    &store.name,
+                    &store.currency.code(),
+                    &created_at.0,
+                ],
+            )
+            .await?;
+        if n == 0 {
+            return Err(StorageError::StoreExists(store.id.clone()));
+        }
+        Ok(Store {
+            id: store.id.clone(),
+            name: store.name.clone(),
+            currency: store.currency,
+            created_at,
+        })
+    }
+
+    async fn store(&self, id: &StoreId) -> Result<Option<Store>, StorageError> {
+        load_store(&self.client().await?, id).await
+    }
+
+    async fn list_stores(&self) -> Result<Vec<Store>, StorageError> {
+        load_stores(&self.client().await?).await
+    }
+
+    async fn create_gateway(&self, store: &StoreId) -> Result<GatewayCredential, StorageError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        require_store(&tx, store).await?;
+        // A 32-bit tag can collide with an existing gateway of the store: draw again.
+        for _ in 0..8 {
+            let cred = GatewayCredential::generate(store)?;
+            let n = tx
+                .execute(
+                    "INSERT INTO gateways (gateway_id, store_id, secret_sha256, created_at)
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (gateway_id) DO NOTHING",
+                    &[
+                        &cred.gateway_id.as_str(),
+                        &store.as_str(),
+                        &cred.secret_hash().as_slice(),
+                        &now().0,
+                    ],
+                )
+                .await?;
+            if n == 1 {
+                tx.commit().await?;
+                return Ok(cred);
+            }
+        }
+        Err(StorageError::Unavailable(
+            "could not draw an unused gateway id".into(),
+        ))
+    }
+
+    async fn authenticate_gateway(
+        &self,
+        credential: &str,
+    ) -> Result<AuthenticatedGateway, StorageError> {
+        let cred = GatewayCredential::parse(credential)?;
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT store_id, secret_sha256, revoked_at FROM gateways WHERE gateway_id = $1",
+                &[&cred.gateway_id.as_str()],
+            )
+            .await?;
+        let Some(row) = row else {
+            return Err(StorageError::BadCredential);
+        };
+        let hash: Vec<u8> = row.try_get("secret_sha256")?;
+        let revoked: Option<i64> = row.try_get("revoked_at")?;
+        if revoked.is_some() || !hashes_equal(&hash, &cred.secret_hash()) {
+            return Err(StorageError::BadCredential);
+        }
+        Ok(AuthenticatedGateway {
+            gateway_id: cred.gateway_id,
+            store: parse_store_id(row.try_get("store_id")?)?,
+        })
+    }
+
+    async fn revoke_gateway(&self, gateway: &GatewayId) -> Result<(), StorageError> {
+        let n = self
+            .client()
+            .await?
+            .execute(
+                "UPDATE gateways SET revoked_at = COALESCE(revoked_at, $2) WHERE gateway_id = $1",
+                &[&gateway.as_str(), &now().0],
+            )
+            .await?;
+        if n == 0 {
+            return Err(StorageError::UnknownGateway(gateway.clone()));
+        }
+        Ok(())
+    }
+
+    async fn create_price_batch(&self, batch: &PriceBatch) -> Result<BatchReceipt, StorageError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        lock_changefeed(&tx).await?;
+        let stores = match batch.stores() {
+            BatchStores::All => load_stores(&tx).await?,
+            BatchStores::Only(ids) => {
+                let mut out = Vec::with_capacity(ids.len());
+                for id in ids {
+                    out.push(require_store(&tx, id).await?);
+                }
+                out
+            }
+        };
+        check_batch_against_stores(batch, &stores)?;
+        let batch_id = new_batch_id()?;
+        let created_at = now();
+        let effective_at = batch.effective_at().unwrap_or(created_at);
+        let items = batch.items();
+        let item_count = i64::try_from(items.len()).unwrap_or(i64::MAX);
+        tx.execute(
+            "INSERT INTO price_batches (batch_id, created_at, effective_at, items) VALUES ($1, $2, $3, $4)",
+            &[&batch_id.as_str(), &created_at.0, &effective_at.0, &item_count],
+        )
+        .await?;
+        let gtins: Vec<&str> = items.iter().map(|i| i.gtin.as_str()).collect();
+        let minors: Vec<i64> = items.iter().map(|i| i.price.minor).collect();
+        let currencies: Vec<&str> = items.iter().map(|i| i.price.currency.code()).collect();
+        let names: Vec<&str> = items.iter().map(|i| i.name.as_str()).collect();
+        let upsert = tx
+            .prepare(
+                "INSERT INTO prices AS p (store_id, gtin, version, price_minor, currency, name, batch_id, effective_at)
+                 SELECT $1, t.gtin, 1, t.minor, t.currency, t.name, $6, $7
+                   FROM unnest($2::text[], $3::int8[], $4::text[], $5::text[]) AS t(gtin, minor, currency, name)
+                 ON CONFLICT (store_id, gtin) DO UPDATE SET
+                     version = p.version + 1, price_minor = excluded.price_minor,
+                     currency = excluded.currency, name = excluded.name,
+                     batch_id = excluded.batch_id, effective_at = excluded.effective_at
+                 RETURNING gtin, version",
+            )
+            .await?;
+        let insert_changes = tx
+            .prepare(
+                "INSERT INTO changes (store_id, kind, gtin, version, body, created_at)
+                 SELECT $1, 'price', t.gtin, t.version, t.body, $5
+                   FROM unnest($2::text[], $3::int8[], $4::text[]) WITH ORDINALITY AS t(gtin, version, body, ord)
+                  ORDER BY t.ord",
+            )
+            .await?;
+        for store in &stores {
+            tx.execute(
+                "INSERT INTO price_batch_stores (batch_id, store_id, items) VALUES ($1, $2, $3)",
+                &[&batch_id.as_str(), &store.id.as_str(), &item_count],
+            )
+            .await?;
+            let rows = tx
+                .query(
+                    &upsert,
+                    &[
+                        &store.id.as_str(),
+                        &gtins,
+                        &minors,
+                        &currencies,
+                        &names,
+                        &batch_id.as_str(),
+                        &effective_at.0,
+                    ],
+                )
+                .await?;
+            let mut versions: HashMap<String, i64> = HashMap::with_capacity(rows.len());
+            for row in &rows {
+                versions.insert(row.try_get("gtin")?, row.try_get("version")?);
+            }
+            let mut change_versions = Vec::with_capacity(items.len());
+            let mut bodies = Vec::with_capacity(items.len());
+            for item in items {
+                let version = *versions.get(item.gtin.as_str()).ok_or_else(|| {
+                    StorageError::Corrupt(format!("no version returned for {}", item.gtin))
+                })?;
+                change_versions.push(version);
+                bodies.push(encode_json(&ChangeBody::Price(PriceChange {
+                    gtin: item.gtin,
+                    version: to_u64(version, "price version")?,
+                    price: item.price,
+                    name: item.name.clone(),
+                    effective_at,
+                    batch_id: batch_id.clone(),
+                }))?);
+            }
+            tx.execute(
+                &insert_changes,
+                &[
+                    &store.id.as_str(),
+                    &gtins,
+                    &change_versions,
+                    &bodies,
+                    &created_at.0,
+                ],
+            )
+            .await?;
+        }
+        let store_ids: Vec<&str> = stores.iter().map(|s| s.id.as_str()).collect();
+        notify_stores(&tx, &store_ids).await?;
+        tx.commit().await?;
+        for store in &stores {
+            self.feed.wake(&store.id);
+        }
+        Ok(BatchReceipt {
+            batch_id,
+            created_at,
+            effective_at,
+            items: items.len(),
+            stores: stores.into_iter().map(|s| s.id).collect(),
+        })
+    }
+
+    async fn batch_progress(&self, batch: &BatchId) -> Result<BatchProgress, StorageError> {
+        let mut client = self.client().await?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let Some(head) = tx
+            .query_opt(
+                "SELECT created_at, effective_at, items FROM price_batches WHERE batch_id = $1",
+                &[&batch.as_str()],
+            )
+            .await?
+        else {
+            return Err(StorageError::UnknownBatch(batch.clone()));
+        };
+        let rows = tx
+            .query(
+                "SELECT s.store_id, s.items,
+                    (SELECT COUNT(DISTINCT p.gtin) FROM batch_progress p
+                      WHERE p.batch_id = s.batch_id AND p.store_id = s.store_id AND p.kind = 'staged') AS staged,
+                    (SELECT COUNT(DISTINCT p.gtin) FROM batch_progress p
+                      WHERE p.batch_id = s.batch_id AND p.store_id = s.store_id AND p.kind = 'activated') AS active
+                 FROM price_batch_stores s WHERE s.batch_id = $1 ORDER BY s.store_id",
+                &[&batch.as_str()],
+            )
+            .await?;
+        tx.commit().await?;
+        let mut stores = Vec::with_capacity(rows.len());
+        for r in &rows {
+            stores.push(StoreProgress {
+                store: parse_store_id(r.try_get("store_id")?)?,
+                items: to_u64(r.try_get("items")?, "items")?,
+                staged: to_u64(r.try_get("staged")?, "staged")?,
+                active: to_u64(r.try_get("active")?, "active")?,
+            });
+        }
+        Ok(BatchProgress {
+            batch_id: batch.clone(),
+            created_at: UtcMillis(head.try_get("created_at")?),
+            effective_at: UtcMillis(head.try_get("effective_at")?),
+            items: to_u64(head.try_get("items")?, "items")?,
+            stores,
+        })
+    }
+
+    async fn changes_after(
+        &self,
+        store: &StoreId,
+        cursor: u64,
+        limit: u32,
+    ) -> Result<ChangePage, StorageError> {
+        let limit = limit.max(1);
+        let client = self.client().await?;
+        // One statement is one snapshot: floor, head and rows agree with each other.
+        let stmt = client
+            .prepare_cached(
+                "WITH f AS (
+                     SELECT COALESCE((SELECT floor FROM feed_floors WHERE store_id = $1), 0) AS floor,
+                            (SELECT COALESCE(MAX(seq), 0) FROM changes) AS head)
+                 SELECT f.floor, f.head, c.seq, c.body FROM f
+                 LEFT JOIN LATERAL (
+                     SELECT seq, body FROM changes WHERE store_id = $1 AND seq > $2 ORDER BY seq LIMIT $3
+                 ) c ON true
+                 ORDER BY c.seq",
+            )
+            .await?;
+        let rows = client
+            .query(
+                &stmt,
+                &[
+                    &store.as_str(),
+                    &to_i64(cursor, "cursor")?,
+                    &(i64::from(limit) + 1),
+                ],
+            )
+            .await?;
+        let first = rows
+            .first()
+            .ok_or_else(|| StorageError::Corrupt("changefeed query returned no row".into()))?;
+        let floor = to_u64(first.try_get("floor")?, "floor")?;
+        let head = to_u64(first.try_get("head")?, "head")?;
+        if cursor != 0 && cursor < floor {
+            return Err(StorageError::CursorExpired {
+                store: store.clone(),
+                cursor,
+                floor,
+            });
+        }
+        if cursor > head {
+            return Err(StorageError::CursorAhead { cursor, head });
+        }
+        let mut changes = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let seq: Option<i64> = r.try_get("seq")?;
+            let body: Option<&str> = r.try_get("body")?;
+            if let (Some(seq), Some(body)) = (seq, body) {
+                changes.push(decode_change(seq, body)?);
+            }
+        }
+        let more = changes.len() > limit as usize;
+        changes.truncate(limit as usize);
+        let next_cursor = changes.last().map_or(cursor, |c| c.seq);
+        Ok(ChangePage {
+            changes,
+            next_cursor,
+            more,
+            server_time: now(),
+        })
+    }
+
+    async fn ingest_events(
+        &self,
+        gateway: &GatewayId,
+        events: &[LedgerEvent],
+    ) -> Result<UploadAck, StorageError> {
+        validate_upload(events)?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // Lock the gateway's row for the whole upload: an identical upload running at the same
+        // time waits here, then finds its events stored and answers the same ack, doing nothing.
+        let Some(row) = tx
+            .query_opt(
+                "SELECT store_id, acked_through, revoked_at FROM gateways WHERE gateway_id = $1 FOR UPDATE",
+                &[&gateway.as_str()],
+            )
+            .await?
+        else {
+            return Err(StorageError::UnknownGateway(gateway.clone()));
+        };
+        let store: String = row.try_get("store_id")?;
+        let revoked: Option<i64> = row.try_get("revoked_at")?;
+        if revoked.is_some() {
+            return Err(StorageError::BadCredential);
+        }
+        let acked = to_u64(row.try_get("acked_through")?, "acked_through")?;
+        let (known, fresh) = split_upload(acked, events)?;
+        if let (Some(first), Some(last)) = (known.first(), known.last()) {
+            let rows = tx
+                .query(
+                    "SELECT seq, event_id FROM events WHERE gateway_id = $1 AND seq BETWEEN $2 AND $3",
+                    &[
+                        &gateway.as_str(),
+                        &to_i64(first.seq, "seq")?,
+                        &to_i64(last.seq, "seq")?,
+                    ],
+                )
+                .await?;
+            let mut stored: HashMap<i64, String> = HashMap::with_capacity(rows.len());
+            for r in &rows {
+                stored.insert(r.try_get("seq")?, r.try_get("event_id")?);
+            }
+            for ev in known {
+                if stored.get(&to_i64(ev.seq, "seq")?) != Some(&ev.id.to_hex()) {
+                    return Err(StorageError::EventConflict { seq: ev.seq });
+                }
+            }
+        }
+        let received_at = now();
+        if !fresh.is_empty() {
+            store_fresh_events(&tx, gateway, &store, fresh, received_at).await?;
+        }
+        let acked_through = fresh.last().map_or(acked, |ev| ev.seq);
+        tx.execute(
+            "UPDATE gateways SET acked_through = $2, last_upload_at = $3 WHERE gateway_id = $1",
+            &[
+                &gateway.as_str(),
+                &to_i64(acked_through, "acked_through")?,
+                &received_at.0,
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(UploadAck {
+            acked_through,
+            server_time: now(),
+        })
+    }
+
+    async fn sales_since(
+        &self,
+        store: &StoreId,
+        since: SalesSince,
+        limit: u32,
+    ) -> Result<SalesPage, StorageError> {
+        let limit = limit.max(1);
+        let client = self.client().await?;
+        let fetch = i64::from(limit) + 1;
+        let (cond, key) = match since {
+            SalesSince::All => ("hub_seq > $2", 0),
+            SalesSince::Cursor(c) => ("hub_seq > $2", to_i64(c, "cursor")?),
+            SalesSince::Time(t) => ("sold_at >= $2", t.0),
+        };
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT hub_seq, event_id, gateway_id, sold_at, record FROM sales
+                     WHERE store_id = $1 AND {cond} ORDER BY hub_seq LIMIT $3"
+                ),
+                &[&store.as_str(), &key, &fetch],
+            )
+            .await?;
+        let mut sales = Vec::with_capacity(rows.len());
+        for r in &rows {
+            sales.push(decode_sale(
+                r.try_get("hub_seq")?,
+                r.try_get("event_id")?,
+                r.try_get("gateway_id")?,
+                r.try_get("sold_at")?,
+                r.try_get("record")?,
+            )?);
+        }
+        let more = sales.len() > limit as usize;
+        sales.truncate(limit as usize);
+        let next = match (sales.last(), since) {
+            (Some(last), _) => last.hub_seq,
+            (None, SalesSince::All) => 0,
+            (None, SalesSince::Cursor(c)) => c,
+            (None, SalesSince::Time(_)) => {
+                // Nothing sold since then: continue after everything stored so far.
+                let max: i64 = client
+                    .query_one(
+                        "SELECT COALESCE(MAX(hub_seq), 0) FROM sales WHERE store_id = $1",
+                        &[&store.as_str()],
+                    )
+                    .await?
+                    .try_get(0)?;
+                to_u64(max, "hub_seq")?
+            }
+        };
+        Ok(SalesPage { sales, next, more })
+    }
+
+    async fn stock(&self, store: &StoreId, gtin: &Gtin) -> Result<i64, StorageError> {
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                "SELECT COALESCE(SUM(delta), 0)::BIGINT FROM stock_deltas WHERE store_id = $1 AND gtin = $2",
+                &[&store.as_str(), &gtin.as_str()],
+            )
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    async fn stock_levels(&self, store: &StoreId) -> Result<Vec<StockLevel>, StorageError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT gtin, SUM(delta)::BIGINT AS on_hand FROM stock_deltas
+                 WHERE store_id = $1 GROUP BY gtin ORDER BY gtin",
+                &[&store.as_str()],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StockLevel {
+                    gtin: parse_gtin(r.try_get("gtin")?)?,
+                    on_hand: r.try_get("on_hand")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn add_stock_adjustment(
+        &self,
+        store: &StoreId,
+        adj: &NewStockAdjustment,
+    ) -> Result<AdjustmentReceipt, StorageError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // Also serialises two requests with the same adjustment id.
+        lock_changefeed(&tx).await?;
+        require_store(&tx, store).await?;
+        let id = adj.adjustment_id.to_hex();
+        if let Some(r) = tx
+            .query_opt(
+                "SELECT store_id, gtin, delta, reason, change_seq FROM stock_adjustments WHERE adjustment_id = $1",
+                &[&id],
+            )
+            .await?
+        {
+            let same = r.try_get::<_, &str>("store_id")? == store.as_str()
+                && r.try_get::<_, &str>("gtin")? == adj.gtin.as_str()
+                && r.try_get::<_, i64>("delta")? == adj.delta
+                && r.try_get::<_, &str>("reason")? == adj.reason;
+            if !same {
+                return Err(StorageError::AdjustmentConflict(adj.adjustment_id));
+            }
+            return Ok(AdjustmentReceipt {
+                store: store.clone(),
+                adjustment: adj.to_change(),
+                seq: to_u64(r.try_get("change_seq")?, "seq")?,
+                created: false,
+            });
+        }
+        let at = now();
+        tx.execute(
+            "INSERT INTO stock_deltas (delta_key, store_id, gtin, delta, created_at) VALUES ($1, $2, $3, $4, $5)",
+            &[
+                &adjustment_delta_key(&adj.adjustment_id),
+                &store.as_str(),
+                &adj.gtin.as_str(),
+                &adj.delta,
+                &at.0,
+            ],
+        )
+        .await?;
+        let body = encode_json(&ChangeBody::StockAdjustment(adj.to_change()))?;
+        let seq: i64 = tx
+            .query_one(
+                "INSERT INTO changes (store_id, kind, gtin, version, body, created_at)
+                 VALUES ($1, 'stock_adjustment', $2, NULL, $3, $4) RETURNING seq",
+                &[&store.as_str(), &adj.gtin.as_str(), &body, &at.0],
+            )
+            .await?
+            .try_get(0)?;
+        tx.execute(
+            "INSERT INTO stock_adjustments (adjustment_id, store_id, gtin, delta, reason, created_at, change_seq)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                &id,
+                &store.as_str(),
+                &adj.gtin.as_str(),
+                &adj.delta,
+                &adj.reason,
+                &at.0,
+                &seq,
+            ],
+        )
+        .await?;
+        notify_stores(&tx, &[store.as_str()]).await?;
+        tx.commit().await?;
+        self.feed.wake(store);
+        Ok(AdjustmentReceipt {
+            store: store.clone(),
+            adjustment: adj.to_change(),
+            seq: to_u64(seq, "seq")?,
+            created: true,
+        })
+    }
+
+    async fn compact(&self) -> Result<CompactionReport, StorageError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // Compaction is a changefeed writer too: deletions and floors change with no batch midway.
+        lock_changefeed(&tx).await?;
+        let rows = tx
+            .query(
+                "WITH gone AS (
+                     DELETE FROM changes c WHERE c.kind = 'price' AND c.version <
+                         (SELECT p.version FROM prices p WHERE p.store_id = c.store_id AND p.gtin = c.gtin)
+                     RETURNING c.store_id, c.seq)
+                 SELECT store_id, MAX(seq) AS floor, COUNT(*) AS removed FROM gone GROUP BY store_id",
+                &[],
+            )
+            .await?;
+        let mut floors = BTreeMap::new();
+        let mut removed = 0u64;
+        for r in &rows {
+            let store: String = r.try_get("store_id")?;
+            let floor: i64 = r.try_get("floor")?;
+            removed += to_u64(r.try_get("removed")?, "removed")?;
+            tx.execute(
+                "INSERT INTO feed_floors (store_id, floor) VALUES ($1, $2)
+                 ON CONFLICT (store_id) DO UPDATE SET floor = GREATEST(feed_floors.floor, excluded.floor)",
+                &[&store, &floor],
+            )
+            .await?;
+            floors.insert(parse_store_id(&store)?, to_u64(floor, "floor")?);
+        }
+        tx.commit().await?;
+        Ok(CompactionReport {
+            removed,
+            floors: floors.into_iter().collect(),
+        })
+    }
+
+    fn subscribe(&self, store: &StoreId) -> ChangeSubscription {
+        self.feed.subscribe(store)
+    }
+}
+
+/// Inserts new events and their side effects with one statement per table (arrays + unnest).
+async fn store_fresh_events(
+    tx: &deadpool_postgres::Transaction<'_>,
+    gateway: &GatewayId,
+    store: &str,
+    fresh: &[LedgerEvent],
+    received_at: UtcMillis,
+) -> Result<(), StorageError> {
+    let mut seqs = Vec::with_capacity(fresh.len());
+    let mut ids = Vec::with_capacity(fresh.len());
+    let mut kinds = Vec::with_capacity(fresh.len());
+    let mut walls = Vec::with_capacity(fresh.len());
+    let mut counters = Vec::with_capacity(fresh.len());
+    let mut ats = Vec::with_capacity(fresh.len());
+    let mut payloads = Vec::with_capacity(fresh.len());
+    for ev in fresh {
+        seqs.push(to_i64(ev.seq, "seq")?);
+        ids.push(ev.id.to_hex());
+        kinds.push(ev.body.kind());
+        walls.push(to_i64(ev.hlc.wall_ms, "hlc")?);
+        counters.push(i64::from(ev.hlc.counter));
+        ats.push(ev.at.0);
+        payloads.push(encode_json(&ev.body)?);
+    }
+    tx.execute(
+        "INSERT INTO events (gateway_id, seq, event_id, store_id, kind, hlc_wall, hlc_counter, at, payload, received_at)
+         SELECT $1, t.seq, t.id, $2, t.kind, t.wall, t.counter, t.at, t.payload, $3
+           FROM unnest($4::int8[], $5::text[], $6::text[], $7::int8[], $8::int8[], $9::int8[], $10::text[])
+             AS t(seq, id, kind, wall, counter, at, payload)",
+        &[
+            &gateway.as_str(),
+            &store,
+            &received_at.0,
+            &seqs,
+            &ids,
+            &kinds,
+            &walls,
+            &counters,
+            &ats,
+            &payloads,
+        ],
+    )
+    .await?;
+
+    let mut sale_events = Vec::new();
+    let (mut p_ids, mut p_batches, mut p_gtins, mut p_versions, mut p_kinds) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (ev, id) in fresh.iter().zip(&ids) {
+        match side_effect(&ev.body) {
+            SideEffect::Sale(sale) => sale_events.push((ev, id, sale)),
+            SideEffect::Progress {
+                batch_id,
+                gtin,
+                version,
+                kind,
+            } => {
+                p_ids.push(id.as_str());
+                p_batches.push(batch_id.as_str());
+                p_gtins.push(gtin.as_str());
+                p_versions.push(to_i64(version, "version")?);
+                p_kinds.push(kind);
+            }
+            SideEffect::None => {}
+        }
+    }
+    if !p_ids.is_empty() {
+        tx.execute(
+            "INSERT INTO batch_progress (event_id, batch_id, store_id, gtin, version, kind)
+             SELECT t.id, t.batch, $1, t.gtin, t.version, t.kind
+               FROM unnest($2::text[], $3::text[], $4::text[], $5::int8[], $6::text[])
+                 AS t(id, batch, gtin, version, kind)
+             ON CONFLICT DO NOTHING",
+            &[&store, &p_ids, &p_batches, &p_gtins, &p_versions, &p_kinds],
+        )
+        .await?;
+    }
+    if sale_events.is_empty() {
+        return Ok(());
+    }
+    // hub_seq is a cursor too: serialise sale writers so it never skips (see module comment).
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SALES_LOCK])
+        .await?;
+    let mut s_ids = Vec::with_capacity(sale_events.len());
+    let mut s_sale_ids = Vec::with_capacity(sale_events.len());
+    let mut s_at = Vec::with_capacity(sale_events.len());
+    let mut s_total = Vec::with_capacity(sale_events.len());
+    let mut s_currency = Vec::with_capacity(sale_events.len());
+    let mut s_record = Vec::with_capacity(sale_events.len());
+    for (ev, id, sale) in &sale_events {
+        s_ids.push(id.as_str());
+        s_sale_ids.push(sale.sale_id.as_str());
+        s_at.push(ev.at.0);
+        s_total.push(sale.total.minor);
+        s_currency.push(sale.total.currency.code());
+        s_record.push(encode_json(sale)?);
+    }
+    let inserted = tx
+        .query(
+            "INSERT INTO sales (event_id, store_id, gateway_id, sale_id, sold_at, total_minor, currency, record)
+             SELECT t.id, $1, $2, t.sale_id, t.at, t.total, t.currency, t.record
+               FROM unnest($3::text[], $4::text[], $5::int8[], $6::int8[], $7::text[], $8::text[])
+                 WITH ORDINALITY AS t(id, sale_id, at, total, currency, record, ord)
+              ORDER BY t.ord
+             ON CONFLICT DO NOTHING
+             RETURNING event_id",
+            &[
+                &store,
+                &gateway.as_str(),
+                &s_ids,
+                &s_sale_ids,
+                &s_at,
+                &s_total,
+                &s_currency,
+                &s_record,
+            ],
+        )
+        .await?;
+    let inserted: HashSet<String> = inserted
+        .iter()
+        .map(|r| r.try_get::<_, String>(0))
+        .collect::<Result<_, _>>()?;
+    // Stock moves only with a newly stored sale: a sale seen before moves nothing.
+    let (mut keys, mut gtins, mut deltas) = (Vec::new(), Vec::new(), Vec::new());
+    for (ev, id, sale) in &sale_events {
+        if !inserted.contains(id.as_str()) {
+            continue;
+        }
+        for (i, line) in sale.lines.iter().enumerate() {
+            keys.push(sale_delta_key(&ev.id, i + 1));
+            gtins.push(line.gtin.as_str());
+            deltas.push(-i64::from(line.qty));
+        }
+    }
+    if !keys.is_empty() {
+        tx.execute(
+            "INSERT INTO stock_deltas (delta_key, store_id, gtin, delta, created_at)
+             SELECT t.key, $1, t.gtin, t.delta, $2
+               FROM unnest($3::text[], $4::text[], $5::int8[]) AS t(key, gtin, delta)
+             ON CONFLICT DO NOTHING",
+            &[&store, &received_at.0, &keys, &gtins, &deltas],
+        )
+        .await?;
+    }
+    Ok(())
+}
