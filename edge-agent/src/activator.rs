@@ -15,6 +15,9 @@ const MAX_SLEEP: Duration = Duration::from_secs(1);
 pub(crate) fn spawn(ledger: Ledger, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let staged = ledger.prices_staged();
+        // Rounds in a row where something looked due but nothing activated (a clock set back
+        // between our look and the writer's): sleep instead of spinning.
+        let mut fruitless = 0u32;
         while !*shutdown.borrow() {
             let sleep = match ledger.next_pending_effective_at().await {
                 Ok(Some(due)) => {
@@ -23,10 +26,17 @@ pub(crate) fn spawn(ledger: Ledger, mut shutdown: watch::Receiver<bool>) -> Join
                         match ledger.activate_due().await {
                             Ok(n) if n > 0 => {
                                 tracing::info!(prices = n, "prices activated");
+                                fruitless = 0;
                                 continue;
                             }
-                            // Nothing activated although something looked due: do not spin.
-                            Ok(_) => MAX_SLEEP,
+                            Ok(_) if fruitless == 0 => {
+                                fruitless += 1;
+                                continue;
+                            }
+                            Ok(_) => {
+                                fruitless = 0;
+                                MAX_SLEEP
+                            }
                             Err(e) => {
                                 tracing::warn!(error = %e, "activating prices failed");
                                 MAX_SLEEP

@@ -357,10 +357,14 @@ fn run_group(
     let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     // Every transaction first activates what has become due, so a sale in this group is priced
     // exactly as of its own time even if the activator has not woken yet.
-    let activated = in_savepoint(&mut tx, head, |c, h| activate_due(c, h, time.now()));
-    if let Err(e) = activated {
-        tracing::warn!(error = %e, "activating due prices failed");
-    }
+    let mut activated_first =
+        match in_savepoint(&mut tx, head, |c, h| activate_due(c, h, time.now())) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "activating due prices failed");
+                0
+            }
+        };
     for cmd in group {
         let d = match cmd {
             Command::Sale { req, reply } => Done::Sale(
@@ -378,9 +382,11 @@ fn run_group(
                     apply_changes(c, h, time, &changes, next_cursor, contact)
                 }),
             ),
+            // Counts what this transaction activated, including the activation it began with.
             Command::ActivateDue { reply } => Done::Count(
                 reply,
-                in_savepoint(&mut tx, head, |c, h| activate_due(c, h, time.now())),
+                in_savepoint(&mut tx, head, |c, h| activate_due(c, h, time.now()))
+                    .map(|n| n + std::mem::take(&mut activated_first)),
             ),
             Command::Ack {
                 acked_through,
