@@ -13,7 +13,7 @@ pub fn cny() -> Currency {
 }
 
 pub fn gtin(n: u64) -> Gtin {
-    Gtin::from_index(6_901_234_500_000 + n).unwrap()
+    Gtin::from_index(690_123_450_000 + n).unwrap()
 }
 
 pub fn price(g: Gtin, version: u64, minor: i64, effective_at: i64) -> PriceChange {
