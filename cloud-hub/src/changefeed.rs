@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use aisle_protocol::StoreId;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 /// The PostgreSQL notification channel on which committed changes are announced (payload: store id).
@@ -96,10 +96,23 @@ pub struct PgChangeListener {
 }
 
 impl PgChangeListener {
-    /// Starts listening in a background task on the current tokio runtime.
-    pub fn spawn(config: tokio_postgres::Config, feed: Arc<ChangeFeed>) -> Self {
-        let task = tokio::spawn(listen_forever(config, feed));
-        PgChangeListener { task }
+    /// Starts listening in a background task on the current tokio runtime and returns once the
+    /// first LISTEN is in place, so no notification after this call can be missed.
+    pub async fn start(
+        config: tokio_postgres::Config,
+        feed: Arc<ChangeFeed>,
+        timeout: Duration,
+    ) -> Result<Self, String> {
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let task = tokio::spawn(listen_forever(config, feed, ready_tx));
+        let listener = PgChangeListener { task };
+        match tokio::time::timeout(timeout, ready_rx).await {
+            Ok(Ok(())) => Ok(listener),
+            // The task logs why each attempt failed; dropping the listener stops it.
+            _ => Err(format!(
+                "could not LISTEN on {NOTIFY_CHANNEL} within {timeout:?}"
+            )),
+        }
     }
 }
 
@@ -109,10 +122,15 @@ impl Drop for PgChangeListener {
     }
 }
 
-async fn listen_forever(config: tokio_postgres::Config, feed: Arc<ChangeFeed>) {
+async fn listen_forever(
+    config: tokio_postgres::Config,
+    feed: Arc<ChangeFeed>,
+    ready: oneshot::Sender<()>,
+) {
+    let mut ready = Some(ready);
     let mut backoff = Duration::from_millis(100);
     loop {
-        match listen_once(&config, &feed).await {
+        match listen_once(&config, &feed, &mut ready).await {
             Ok(()) => {
                 tracing::warn!("changefeed listener connection closed; reconnecting");
                 backoff = Duration::from_millis(100);
@@ -130,6 +148,7 @@ async fn listen_forever(config: tokio_postgres::Config, feed: Arc<ChangeFeed>) {
 async fn listen_once(
     config: &tokio_postgres::Config,
     feed: &ChangeFeed,
+    ready: &mut Option<oneshot::Sender<()>>,
 ) -> Result<(), tokio_postgres::Error> {
     let (client, mut connection) = config.connect(tokio_postgres::NoTls).await?;
     // The connection must be polled for the LISTEN to complete and for notifications to arrive,
@@ -147,8 +166,14 @@ async fn listen_once(
             },
         }
     }
-    // Anything committed while we were not listening was not announced to us: re-check all.
-    feed.wake_all();
+    match ready.take() {
+        // First LISTEN: the storage is only now handed out, so nobody can have missed anything.
+        Some(tx) => {
+            let _ = tx.send(());
+        }
+        // A reconnect: what committed while we were not listening was not announced to us.
+        None => feed.wake_all(),
+    }
     tracing::debug!("changefeed listener is listening");
     loop {
         match std::future::poll_fn(|cx| connection.poll_message(cx)).await {

@@ -88,9 +88,12 @@ impl PgStorage {
         let mut client = pool.get().await.map_err(pool_error)?;
         migrate(&mut client).await?;
         drop(client);
+        let listener = PgChangeListener::start(config, storage_feed.clone(), CONNECT_TIMEOUT * 2)
+            .await
+            .map_err(StorageError::Unavailable)?;
         Ok(PgStorage {
             pool,
-            _listener: PgChangeListener::spawn(config, storage_feed.clone()),
+            _listener: listener,
             feed: storage_feed,
         })
     }
