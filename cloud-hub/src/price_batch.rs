@@ -75,6 +75,9 @@ pub enum BatchError {
     /// The CSV file is broken (wrong header, wrong field count, not UTF-8).
     #[error("malformed price batch CSV: {0}")]
     Csv(String),
+    /// A row is not an object of four strings (wrong type, missing or unknown field).
+    #[error("{origin}: {reason}")]
+    RowShape { origin: ItemOrigin, reason: String },
     /// A row parsed but its content is not acceptable.
     #[error("{origin}: {reason}")]
     Row { origin: ItemOrigin, reason: String },
@@ -170,10 +173,11 @@ impl PriceBatch {
         let mut items = Vec::with_capacity(raw.prices.len());
         for (i, value) in raw.prices.iter().enumerate() {
             let origin = ItemOrigin::Row(u32::try_from(i + 1).unwrap_or(u32::MAX));
-            let row: RawRow = serde_json::from_str(value.get()).map_err(|e| BatchError::Row {
-                origin,
-                reason: serde_message(&e),
-            })?;
+            let row: RawRow =
+                serde_json::from_str(value.get()).map_err(|e| BatchError::RowShape {
+                    origin,
+                    reason: serde_message(&e),
+                })?;
             items.push(parse_item(
                 origin,
                 &row.gtin,

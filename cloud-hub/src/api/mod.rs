@@ -182,6 +182,7 @@ impl From<BatchError> for ApiError {
         match e {
             BatchError::Json(_)
             | BatchError::Csv(_)
+            | BatchError::RowShape { .. }
             | BatchError::Stores(_)
             | BatchError::EffectiveAt(_) => ApiError::BadRequest(msg),
             BatchError::Row { .. } | BatchError::Empty => ApiError::Unprocessable(msg),
