@@ -85,7 +85,9 @@ impl PgStorage {
             .build()
             .map_err(|e| StorageError::Unavailable(e.to_string()))?;
         let storage_feed = Arc::new(ChangeFeed::new());
-        let mut client = pool.get().await.map_err(pool_error)?;
+        let mut client = pool.get().await.map_err(|e| {
+            StorageError::Unavailable(format!("cannot connect to {}: {e}", redact_url(url)))
+        })?;
         migrate(&mut client).await?;
         drop(client);
         let listener = PgChangeListener::start(config, storage_feed.clone(), CONNECT_TIMEOUT * 2)

@@ -89,7 +89,9 @@ impl SqliteStorage {
         let path = path.as_ref().to_path_buf();
         let writer_path = path.clone();
         let writer = tokio::task::spawn_blocking(move || -> Result<Connection, StorageError> {
-            let mut conn = Connection::open(&writer_path)?;
+            let mut conn = Connection::open(&writer_path).map_err(|e| {
+                StorageError::Unavailable(format!("cannot open {}: {e}", writer_path.display()))
+            })?;
             conn.busy_timeout(BUSY_TIMEOUT)?;
             let mode: String =
                 conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
