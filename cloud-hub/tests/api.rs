@@ -415,6 +415,16 @@ async fn tokens_and_store_boundaries_are_enforced() {
         "forbidden",
     )
     .await;
+    // Not even whether another store exists.
+    check(
+        hub.req(Method::GET, "/v1/stores/S999/sales", Some(&hub.gw))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
     // A forged secret for a real gateway id; the HQ token on the sync API.
     let (id, _) = hub.gw.rsplit_once('.').unwrap();
     check(

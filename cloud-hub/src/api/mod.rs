@@ -387,9 +387,14 @@ pub fn check_protocol(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// A store id from a path, or 400.
+pub fn parse_store_id(id: &str) -> Result<StoreId, ApiError> {
+    StoreId::parse(id).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
 /// Loads a store named in a path, or answers 404.
 pub async fn require_store(state: &AppState, id: &str) -> Result<Store, ApiError> {
-    let id = StoreId::parse(id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let id = parse_store_id(id)?;
     state
         .storage
         .store(&id)

@@ -6,7 +6,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, ApiPath, ApiQuery, AppState, Caller, HqAuth, JsonBody, require_store};
+use super::{
+    ApiError, ApiPath, ApiQuery, AppState, Caller, HqAuth, JsonBody, parse_store_id, require_store,
+};
 use crate::storage::{NewStockAdjustment, SalesSince};
 use crate::timefmt::{format_rfc3339, parse_rfc3339};
 
@@ -65,8 +67,9 @@ pub async fn sales(
     ApiPath(id): ApiPath<String>,
     ApiQuery(params): ApiQuery<SalesParams>,
 ) -> Result<Json<SalesBody>, ApiError> {
+    // Permission first, so a gateway cannot probe which other stores exist.
+    caller.require_store(&parse_store_id(&id)?)?;
     let store = require_store(&state, &id).await?;
-    caller.require_store(&store.id)?;
     let since = parse_since(params.since.as_deref())?;
     let limit = match params.limit {
         None => DEFAULT_SALES_LIMIT,
@@ -129,8 +132,9 @@ pub async fn stock(
     ApiPath(id): ApiPath<String>,
     ApiQuery(params): ApiQuery<StockParams>,
 ) -> Result<Json<StockBody>, ApiError> {
+    // Permission first, so a gateway cannot probe which other stores exist.
+    caller.require_store(&parse_store_id(&id)?)?;
     let store = require_store(&state, &id).await?;
-    caller.require_store(&store.id)?;
     match params.gtin {
         Some(g) => {
             let gtin =
