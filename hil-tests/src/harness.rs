@@ -362,10 +362,20 @@ impl HqApi {
         Ok(body)
     }
 
-    /// Every sale the hub holds for the store.
+    /// Every sale the hub holds for the store, following the `next` cursor page by page.
     pub async fn sales(&self, store: &str) -> Result<Vec<Value>> {
-        let body = self.get(&format!("/v1/stores/{store}/sales")).await?;
-        Ok(body["sales"].as_array().cloned().unwrap_or_default())
+        let mut all = Vec::new();
+        let mut since = 0u64;
+        loop {
+            let body = self.get(&format!("/v1/stores/{store}/sales?since={since}&limit=1000")).await?;
+            let page = body["sales"].as_array().cloned().unwrap_or_default();
+            let next = body["next"].as_u64().unwrap_or(since);
+            if page.is_empty() || next <= since {
+                return Ok(all);
+            }
+            all.extend(page);
+            since = next;
+        }
     }
 }
 
@@ -474,7 +484,11 @@ impl VirtualStore {
     }
 
     pub async fn start_with(backend: Backend, clock_offset_ms: i64) -> Result<VirtualStore> {
-        let dir = tempfile::tempdir()?;
+        let mut dir = tempfile::tempdir()?;
+        if std::env::var_os("AISLE_KEEP_TEST_DIRS").is_some() {
+            dir.disable_cleanup(true);
+            eprintln!("keeping test dir {}", dir.path().display());
+        }
         let db = HubDb::create(backend, dir.path()).await?;
         let hub = HubProcess::start(&db.url, dir.path()).await?;
         let store = "S001".to_string();

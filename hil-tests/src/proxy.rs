@@ -231,8 +231,11 @@ async fn serve_connection(client: TcpStream, shared: Arc<Shared>) {
             }
         }
     };
+    // Whichever side ends first ends the connection: a lost response must close the client's
+    // connection at once, as a dropped link or a crashed middlebox would.
     tokio::select! {
-        _ = async { tokio::join!(up, down) } => {}
+        _ = up => {}
+        _ = down => {}
         _ = cut => {}
     }
 }

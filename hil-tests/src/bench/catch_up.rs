@@ -21,6 +21,7 @@ const ITEMS: u64 = 50;
 const UPLOAD_BATCH: usize = 2_000;
 
 /// A store with a hub, a proxy and a running agent whose first `items` prices are synced.
+#[derive(Debug)]
 pub struct SyncedStore {
     pub dir: tempfile::TempDir,
     pub db: HubDb,
