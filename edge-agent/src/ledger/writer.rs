@@ -726,12 +726,12 @@ fn apply_changes(
 /// Activates, per GTIN, the highest pending version whose `effective_at` has come.
 fn activate_due(conn: &Connection, head: &mut Head, now: UtcMillis) -> Result<usize, LedgerError> {
     let due: Vec<(String, i64, String, i64, String)> = {
+        // SQLite takes the bare columns from the row holding MAX(version) (documented for a
+        // single min/max aggregate); one pass over the pending index, no correlated subquery.
         let mut stmt = conn.prepare_cached(
-            "SELECT p.gtin, p.version, p.batch_id, p.price_minor, p.currency FROM prices p
-             WHERE p.state = 'pending' AND p.effective_at <= ?1
-               AND p.version = (SELECT MAX(q.version) FROM prices q
-                                WHERE q.gtin = p.gtin AND q.state = 'pending' AND q.effective_at <= ?1)
-             ORDER BY p.gtin",
+            "SELECT gtin, MAX(version), batch_id, price_minor, currency FROM prices
+             WHERE state = 'pending' AND effective_at <= ?1
+             GROUP BY gtin ORDER BY gtin",
         )?;
         let rows = stmt.query_map([now.0], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
