@@ -72,11 +72,8 @@ pub enum ConfigError {
     },
     #[error("config {path} is larger than {MAX_CONFIG_BYTES} bytes")]
     TooLarge { path: PathBuf },
-    #[error("config {path}: {source}")]
-    Parse {
-        path: PathBuf,
-        source: Box<toml::de::Error>,
-    },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
     #[error("config: {0}")]
     Invalid(String),
 }
@@ -97,7 +94,7 @@ impl AgentConfig {
         let text = std::fs::read_to_string(path).map_err(read_err)?;
         let config: AgentConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
-            source: Box::new(e),
+            message: one_line_toml_error(&text, &e),
         })?;
         config.validate()?;
         Ok(config)
@@ -148,6 +145,20 @@ impl AgentConfig {
     }
 }
 
+/// toml's errors draw the offending line over several lines; the CLI prints one.
+fn one_line_toml_error(text: &str, e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(span) => {
+            let line = text
+                .get(..span.start)
+                .map_or(0, |before| before.matches('\n').count())
+                + 1;
+            format!("line {line}: {}", e.message().trim())
+        }
+        None => e.message().trim().to_string(),
+    }
+}
+
 /// Splits `<gateway_id>.<secret>` and checks both halves, so the credential is always safe to put
 /// in an HTTP header.
 fn gateway_of(credential: &str) -> Result<GatewayId, String> {
@@ -194,6 +205,20 @@ listen = "127.0.0.1:7401"
         let text = include_str!("../examples/agent.toml");
         let c: AgentConfig = toml::from_str(text).unwrap();
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn parse_errors_are_one_line_naming_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            format!("{MINIMAL}\n[sync]\nlong_poll_ms = \"soon\"\n"),
+        )
+        .unwrap();
+        let e = AgentConfig::load(&path).unwrap_err().to_string();
+        assert!(e.contains("line 9:"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use aisle_protocol::{BatchId, EventId, Gtin, Money, SaleId, UtcMillis};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use super::state::{self, StoredBody};
-use super::{ActivePrice, DB_FILE, LedgerError, PriceRow, SaleReceipt, hlc_from_bytes};
+use super::{ActivePrice, LedgerError, PriceRow, SaleReceipt, hlc_from_bytes};
 
 /// Idle read connections kept for reuse.
 const IDLE_READERS: usize = 4;
@@ -52,7 +52,7 @@ impl ReaderPool {
 pub(crate) fn open_reader(path: &std::path::Path) -> Result<Connection, LedgerError> {
     if !path.exists() {
         return Err(LedgerError::Invalid(format!(
-            "no ledger at {} (expected {DB_FILE})",
+            "no ledger at {}",
             path.display()
         )));
     }
