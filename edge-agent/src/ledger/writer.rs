@@ -123,6 +123,21 @@ enum Done {
 }
 
 impl Done {
+    /// A command that could not run at all.
+    fn never_ran(cmd: Command, why: &str) -> Option<Done> {
+        let e = || LedgerError::Commit(why.to_string());
+        Some(match cmd {
+            Command::Sale { reply, .. } => Done::Sale(reply, Err(e().into())),
+            Command::Changes { reply, .. } => Done::Changes(reply, Err(e())),
+            Command::ActivateDue { reply } => Done::Count(reply, Err(e())),
+            Command::Ack { reply, .. }
+            | Command::ResendFrom { reply, .. }
+            | Command::ResetCursor { reply }
+            | Command::Contact { reply, .. } => Done::Unit(reply, Err(e())),
+            Command::Close { .. } => return None,
+        })
+    }
+
     /// The group's commit failed: nothing that looked done was stored.
     fn commit_failed(self, why: &str) -> Done {
         let e = || LedgerError::Commit(why.to_string());
@@ -354,7 +369,15 @@ fn run_group(
     group: Vec<Command>,
     done: &mut Vec<Done>,
 ) -> Result<(), LedgerError> {
-    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => {
+            // Nothing ran: every command gets the reason, none is left without an answer.
+            let why = format!("cannot begin a transaction: {e}");
+            done.extend(group.into_iter().filter_map(|c| Done::never_ran(c, &why)));
+            return Err(e.into());
+        }
+    };
     // Every transaction first activates what has become due, so a sale in this group is priced
     // exactly as of its own time even if the activator has not woken yet.
     let mut activated_first =
