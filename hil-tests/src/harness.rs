@@ -367,7 +367,11 @@ impl HqApi {
         let mut all = Vec::new();
         let mut since = 0u64;
         loop {
-            let body = self.get(&format!("/v1/stores/{store}/sales?since={since}&limit=1000")).await?;
+            let body = self
+                .get(&format!(
+                    "/v1/stores/{store}/sales?since={since}&limit=1000"
+                ))
+                .await?;
             let page = body["sales"].as_array().cloned().unwrap_or_default();
             let next = body["next"].as_u64().unwrap_or(since);
             if page.is_empty() || next <= since {

@@ -4,7 +4,7 @@
 
 CREATE TABLE IF NOT EXISTS events (
     seq       INTEGER PRIMARY KEY,            -- 1, 2, 3, ... without gaps
-    event_id  BLOB    NOT NULL UNIQUE,        -- 16 random bytes
+    event_id  BLOB    NOT NULL UNIQUE,        -- 16 bytes, time-ordered (EventId::time_ordered)
     hlc       BLOB    NOT NULL,               -- 8-byte wall_ms + 4-byte counter, big-endian
     at        INTEGER NOT NULL,               -- hub-corrected UTC ms
     kind      TEXT    NOT NULL,               -- EventBody::kind()

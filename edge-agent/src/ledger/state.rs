@@ -39,6 +39,11 @@ pub enum StateError {
 impl StoredBody {
     /// The exact bytes stored and hashed.
     pub fn encode(&self) -> Result<Vec<u8>, StateError> {
+        if self.staged.is_none() && !matches!(self.body, EventBody::PriceStaged { .. }) {
+            // Every event but a staged price is stored exactly as the protocol writes it; going
+            // straight to bytes keeps the sale path free of an intermediate JSON tree.
+            return serde_json::to_vec(&self.body).map_err(|e| StateError::Payload(e.to_string()));
+        }
         let mut v =
             serde_json::to_value(&self.body).map_err(|e| StateError::Payload(e.to_string()))?;
         match (&self.body, &self.staged, v.as_object_mut()) {
