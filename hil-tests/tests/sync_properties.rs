@@ -1,8 +1,9 @@
 //! Property tests of the hub's upload invariants: whatever the order, overlap, repetition or
 //! loss of upload attempts from a gateway, every sale is held exactly once, stock counts each
 //! sale once, the acknowledgement never goes back, and a gap is refused without changing anything.
-use std::sync::Arc;
 #![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
 
 use aisle_hub::storage::{HubStorage, NewStore, SalesSince, StorageError};
 use aisle_protocol::sync::{EventBody, LedgerEvent, Payment, PaymentMethod, SaleLine, SaleRecord};
