@@ -239,6 +239,11 @@ async fn kill9_during_sales_load(backend: Backend) -> Result<()> {
         on_hand += stock(&vs, g).await?;
     }
     assert_eq!(on_hand, -sold);
+    eprintln!(
+        "kill -9 soak ({backend:?}): {cycles} kills, {} sales acknowledged, {} held by the hub, none lost, none twice",
+        acked.len(),
+        at_hub.len()
+    );
     vs.finish().await
 }
 
