@@ -2,10 +2,12 @@
 //! the edge. Everything that parses device bytes is a pure function or state machine here, so it
 //! can be tested with published vectors and fuzzed without hardware.
 //!
-//! Today: serial line settings and the suffix framer every serial scanner and scale sits on.
-//! Scanner, scale, access-point and camera drivers build on it (issues 3, 4 and 6).
+//! Today: serial line settings and the suffix framer every serial scanner and scale sits on, and
+//! the people-counting camera parsers with their footfall normaliser ([`footfall`], issue 6).
+//! Scanner, scale and access-point drivers build on the framer (issues 3 and 4).
 #![forbid(unsafe_code)]
 
+pub mod footfall;
 pub mod framing;
 
 pub use framing::{FrameError, LineFramer, Suffix};
