@@ -83,7 +83,7 @@ impl SyncedStore {
             tasks.push(tokio::spawn(async move {
                 for k in (w..n).step_by(writers) {
                     ledger
-                        .record_sale(sale(format!("off-{k}"), k as u64 % ITEMS)?)
+                        .record_sale(sale(format!("off-{from}-{k}"), k as u64 % ITEMS)?)
                         .await
                         .context("offline sale")?;
                 }

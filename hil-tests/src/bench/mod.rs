@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 
 pub mod catch_up;
 pub mod ledger_append;
+pub mod reconnect;
 pub mod rss;
 
 /// One benchmark's figures and the rows it shows in the table.

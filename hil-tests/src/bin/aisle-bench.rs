@@ -7,12 +7,12 @@ use aisle_hil::bench::{self, BenchResult};
 use anyhow::{Result, bail};
 use clap::Parser;
 
-const ALL: &[&str] = &["ledger_append", "catch_up", "agent_rss"];
+const ALL: &[&str] = &["ledger_append", "catch_up", "agent_rss", "reconnect"];
 
 #[derive(Parser, Debug)]
 #[command(about = "Aisle benchmarks, each beside its baseline measured in the same run")]
 struct Args {
-    /// Benchmarks to run (default: all): ledger_append, catch_up, agent_rss.
+    /// Benchmarks to run (default: all): ledger_append, catch_up, agent_rss, reconnect.
     names: Vec<String>,
     /// Where report.json and report.md go.
     #[arg(long, default_value = "target/bench")]
@@ -48,6 +48,7 @@ async fn main() -> Result<()> {
             "ledger_append" => bench::ledger_append::run(Duration::from_secs(args.seconds)).await?,
             "catch_up" => bench::catch_up::run(args.sales).await?,
             "agent_rss" => bench::rss::run(args.skus, args.sales).await?,
+            "reconnect" => bench::reconnect::run(Duration::from_secs(15), 3).await?,
             other => bail!("unknown benchmark {other}"),
         };
         results.insert(name.clone(), r);
