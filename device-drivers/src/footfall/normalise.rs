@@ -499,3 +499,445 @@ fn remember_interval(seen: &mut BTreeMap<i64, i64>, start: i64, end: i64, histor
         seen.pop_first();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{CameraFormat, DEFAULT_MAX_PAYLOAD, parse_payload};
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Expected (in, out) counted, or `None` for a baseline.
+    type Expected = Option<(u64, u64)>;
+    /// Expected (in, out, reset), or `None` for a baseline.
+    type ExpectedReset = Option<(u64, u64, bool)>;
+
+    /// 2026-11-22 at `h:m:s` UTC.
+    fn t(h: i64, m: i64, s: i64) -> UtcMillis {
+        UtcMillis(1_795_305_600_000 + ((h * 60 + m) * 60 + s) * 1000)
+    }
+
+    fn main() -> EntranceZone {
+        EntranceZone::new("Main entrance")
+    }
+
+    fn side() -> EntranceZone {
+        EntranceZone::new("Side door")
+    }
+
+    fn zones() -> ZoneMap {
+        let mut z = ZoneMap::new();
+        z.assign_camera(CameraId::new("north"), main())
+            .assign_camera(CameraId::new("south"), main())
+            .assign_camera(CameraId::new("xovis"), main())
+            .assign_line(CameraId::new("xovis"), "side", side());
+        z
+    }
+
+    fn counter() -> FootfallCounter {
+        FootfallCounter::new(FootfallConfig::default(), zones())
+    }
+
+    fn total(camera: &str, at: UtcMillis, entered: u64, exited: u64) -> CameraReading {
+        CameraReading {
+            camera: CameraId::new(camera),
+            line: None,
+            at,
+            kind: ReadingKind::Cumulative {
+                counts: Counts::new(entered, exited),
+                since: None,
+            },
+            occupancy: None,
+        }
+    }
+
+    fn delta(line: &str, at: UtcMillis, entered: u64, exited: u64) -> CameraReading {
+        CameraReading {
+            camera: CameraId::new("xovis"),
+            line: Some(line.to_owned()),
+            at,
+            kind: ReadingKind::Delta {
+                counts: Counts::new(entered, exited),
+            },
+            occupancy: None,
+        }
+    }
+
+    fn interval(at: UtcMillis, start: UtcMillis, end: UtcMillis, entered: u64) -> CameraReading {
+        CameraReading {
+            camera: CameraId::new("south"),
+            line: Some("1".to_owned()),
+            at,
+            kind: ReadingKind::Interval {
+                start,
+                end,
+                counts: Counts::new(entered, entered),
+            },
+            occupancy: None,
+        }
+    }
+
+    fn counted(outcome: Outcome) -> Counted {
+        match outcome {
+            Outcome::Counted(c) => c,
+            other => panic!("expected Counted, got {other:?}"),
+        }
+    }
+
+    /// Closed intervals as (zone, start, entered, exited) for compact assertions.
+    fn rows(v: Vec<ZoneInterval>) -> Vec<(String, UtcMillis, u64, u64)> {
+        v.into_iter()
+            .map(|i| (i.zone.0, i.start, i.counts.entered, i.counts.exited))
+            .collect()
+    }
+
+    #[test]
+    fn cumulative_totals_become_deltas_spread_over_intervals() {
+        let mut c = counter();
+        // (camera time, in, out, expected outcome in/out or None for baseline)
+        let steps: &[(UtcMillis, u64, u64, Expected)] = &[
+            (t(10, 1, 0), 100, 90, None),
+            (t(10, 6, 0), 110, 95, Some((10, 5))),
+            (t(10, 11, 0), 130, 100, Some((20, 5))),
+            (t(10, 16, 0), 135, 105, Some((5, 5))),
+        ];
+        for &(at, i, o, want) in steps {
+            let outcome = c.observe(&total("north", at, i, o), at).unwrap();
+            match want {
+                None => assert_eq!(outcome, Outcome::Baseline),
+                Some((wi, wo)) => {
+                    let got = counted(outcome);
+                    assert_eq!(got.counts, Counts::new(wi, wo));
+                    assert!(!got.reset && got.camera_clock_used && !got.late);
+                }
+            }
+        }
+        // Not closed until 10:30 + 2 minutes of grace.
+        assert_eq!(c.close_until(t(10, 16, 30)), vec![]);
+        // The 10:11 -> 10:16 increase of 5 falls 4 minutes before 10:15 and 1 after.
+        assert_eq!(
+            rows(c.close_until(t(10, 17, 0))),
+            vec![("Main entrance".to_owned(), t(10, 0, 0), 34, 14)]
+        );
+        assert_eq!(
+            rows(c.close_until(t(10, 32, 0))),
+            vec![("Main entrance".to_owned(), t(10, 15, 0), 1, 1)]
+        );
+    }
+
+    #[test]
+    fn resets_count_from_zero_never_negative() {
+        let mut c = counter();
+        // Axis: a new counting day (`since` changes) is a reset even if the total went up.
+        let day = |at, since, i, o| CameraReading {
+            kind: ReadingKind::Cumulative {
+                counts: Counts::new(i, o),
+                since: Some(since),
+            },
+            ..total("north", at, 0, 0)
+        };
+        let yesterday = t(0, 0, 0).saturating_add_ms(-DAY_MS);
+        let cases: &[(CameraReading, ExpectedReset)] = &[
+            (day(t(-1, 58, 0), yesterday, 500, 490), None),
+            (day(t(0, 3, 0), t(0, 0, 0), 7, 5), Some((7, 5, true))),
+            (day(t(0, 8, 0), t(0, 0, 0), 9, 6), Some((2, 1, false))),
+            // Reboot: the total drops, the new value counts from zero.
+            (day(t(0, 9, 0), t(0, 0, 0), 3, 0), Some((3, 0, true))),
+            // Only one direction went down: still a reset, never a negative count.
+            (day(t(0, 10, 0), t(0, 0, 0), 8, 0), Some((5, 0, false))),
+            (day(t(0, 11, 0), t(0, 0, 0), 9, 2), Some((1, 2, false))),
+            (day(t(0, 12, 0), t(0, 0, 0), 10, 1), Some((10, 1, true))),
+        ];
+        for (reading, want) in cases {
+            let outcome = c.observe(reading, reading.at).unwrap();
+            match want {
+                None => assert_eq!(outcome, Outcome::Baseline),
+                Some((i, o, reset)) => {
+                    let got = counted(outcome);
+                    assert_eq!((got.counts, got.reset), (Counts::new(*i, *o), *reset));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn duplicates_and_resent_intervals_count_once() {
+        let mut c = counter();
+        let r = total("north", t(9, 0, 0), 10, 10);
+        assert_eq!(c.observe(&r, t(9, 0, 1)).unwrap(), Outcome::Baseline);
+        assert_eq!(c.observe(&r, t(9, 0, 5)).unwrap(), Outcome::Duplicate);
+        let r2 = total("north", t(9, 1, 0), 12, 10);
+        counted(c.observe(&r2, t(9, 1, 0)).unwrap());
+        assert_eq!(c.observe(&r2, t(9, 2, 0)).unwrap(), Outcome::Duplicate);
+
+        let d = delta("1", t(9, 5, 0), 4, 3);
+        counted(c.observe(&d, t(9, 5, 0)).unwrap());
+        assert_eq!(c.observe(&d, t(9, 5, 30)).unwrap(), Outcome::Duplicate);
+
+        let i = interval(t(9, 15, 2), t(9, 0, 0), t(9, 15, 0), 6);
+        counted(c.observe(&i, t(9, 15, 2)).unwrap());
+        assert_eq!(c.observe(&i, t(9, 16, 0)).unwrap(), Outcome::Duplicate);
+        // A re-sent interval with other boundaries that overlaps is refused, not added.
+        let shifted = interval(t(9, 20, 0), t(9, 5, 0), t(9, 20, 0), 6);
+        let err = c.observe(&shifted, t(9, 20, 0)).unwrap_err();
+        assert_eq!(err.reason(), "overlapping_interval");
+
+        assert_eq!(
+            rows(c.close_until(t(12, 0, 0))),
+            vec![("Main entrance".to_owned(), t(9, 0, 0), 2 + 4 + 6, 3 + 6),]
+        );
+    }
+
+    #[test]
+    fn out_of_order_delivery() {
+        let mut c = counter();
+        c.observe(&total("north", t(10, 0, 0), 100, 100), t(10, 0, 0))
+            .unwrap();
+        // 10:06 arrives before 10:03: the later total already includes the earlier one.
+        counted(
+            c.observe(&total("north", t(10, 6, 0), 110, 104), t(10, 6, 1))
+                .unwrap(),
+        );
+        assert_eq!(
+            c.observe(&total("north", t(10, 3, 0), 105, 102), t(10, 6, 2))
+                .unwrap(),
+            Outcome::Stale
+        );
+        // Deltas out of order each land in their own interval.
+        counted(
+            c.observe(&delta("1", t(10, 20, 0), 3, 0), t(10, 20, 5))
+                .unwrap(),
+        );
+        counted(
+            c.observe(&delta("1", t(10, 14, 0), 2, 1), t(10, 20, 6))
+                .unwrap(),
+        );
+        assert_eq!(
+            rows(c.close_until(t(11, 0, 0))),
+            vec![
+                ("Main entrance".to_owned(), t(10, 0, 0), 12, 5),
+                ("Main entrance".to_owned(), t(10, 15, 0), 3, 0),
+            ]
+        );
+    }
+
+    #[test]
+    fn wrong_camera_clocks_fall_back_to_gateway_time() {
+        let mut c = counter();
+        // A camera three hours behind: its readings are placed when the gateway got them.
+        c.observe(&total("north", t(7, 0, 0), 0, 0), t(10, 0, 0))
+            .unwrap();
+        let got = counted(
+            c.observe(&total("north", t(7, 5, 0), 6, 2), t(10, 5, 0))
+                .unwrap(),
+        );
+        assert!(!got.camera_clock_used);
+        // A Hikvision interval from a camera one hour ahead is shifted back by that hour.
+        let ahead = interval(t(11, 15, 1), t(11, 0, 0), t(11, 15, 0), 9);
+        let got = counted(c.observe(&ahead, t(10, 15, 1)).unwrap());
+        assert!(!got.camera_clock_used);
+        // A delayed delivery inside the tolerance keeps the camera's time.
+        let late = delta("1", t(10, 14, 0), 1, 1);
+        assert!(counted(c.observe(&late, t(10, 24, 0)).unwrap()).camera_clock_used);
+        assert_eq!(
+            rows(c.close_until(t(11, 0, 0))),
+            vec![(
+                "Main entrance".to_owned(),
+                t(10, 0, 0),
+                6 + 9 + 1,
+                2 + 9 + 1
+            )]
+        );
+    }
+
+    #[test]
+    fn cameras_on_one_entrance_sum_per_zone() {
+        let mut c = counter();
+        for cam in ["north", "south"] {
+            c.observe(&total(cam, t(8, 0, 0), 50, 40), t(8, 0, 0))
+                .unwrap();
+        }
+        counted(
+            c.observe(&total("north", t(8, 5, 0), 60, 41), t(8, 5, 0))
+                .unwrap(),
+        );
+        counted(
+            c.observe(&total("south", t(8, 5, 0), 53, 45), t(8, 5, 0))
+                .unwrap(),
+        );
+        // Xovis line "side" is assigned on its own; its other lines follow the camera.
+        let side_counted = counted(
+            c.observe(&delta("side", t(8, 6, 0), 2, 2), t(8, 6, 0))
+                .unwrap(),
+        );
+        assert_eq!(side_counted.zone, side());
+        counted(
+            c.observe(&delta("1", t(8, 6, 0), 1, 0), t(8, 6, 0))
+                .unwrap(),
+        );
+        let err = c
+            .observe(&total("car-park", t(8, 6, 0), 1, 1), t(8, 6, 0))
+            .unwrap_err();
+        assert_eq!(err.reason(), "unknown_camera");
+        assert_eq!(
+            rows(c.close_until(t(9, 0, 0))),
+            vec![
+                ("Main entrance".to_owned(), t(8, 0, 0), 10 + 3 + 1, 1 + 5),
+                ("Side door".to_owned(), t(8, 0, 0), 2, 2),
+            ]
+        );
+    }
+
+    #[test]
+    fn absurd_jumps_are_refused_and_rebaselined() {
+        let mut c = counter();
+        c.observe(&total("north", t(12, 0, 0), 10, 10), t(12, 0, 0))
+            .unwrap();
+        let jump = total("north", t(12, 1, 0), 1_000_010, 10);
+        let err = c.observe(&jump, t(12, 1, 0)).unwrap_err();
+        assert_eq!(
+            err,
+            FootfallError::AbsurdJump {
+                camera: CameraId::new("north"),
+                entered: 1_000_000,
+                exited: 0,
+                minutes: 1,
+                allowed: 120,
+            }
+        );
+        // The next reading counts from the refused value, not from 10.
+        let got = counted(
+            c.observe(&total("north", t(12, 2, 0), 1_000_013, 11), t(12, 2, 0))
+                .unwrap(),
+        );
+        assert_eq!(got.counts, Counts::new(3, 1));
+        // Deltas and intervals are refused outright.
+        let err = c.observe(&delta("1", t(12, 3, 0), 5_000, 0), t(12, 3, 0));
+        assert_eq!(err.unwrap_err().reason(), "absurd_jump");
+        let err = c.observe(
+            &interval(t(12, 15, 0), t(12, 0, 0), t(12, 15, 0), 1801),
+            t(12, 15, 0),
+        );
+        assert_eq!(err.unwrap_err().reason(), "absurd_jump");
+        // A long silence allows a proportionally larger catch-up.
+        let got = counted(
+            c.observe(
+                &total("north", t(13, 2, 0), 1_000_013 + 6_000, 11),
+                t(13, 2, 0),
+            )
+            .unwrap(),
+        );
+        assert_eq!(got.counts.entered, 6_000);
+    }
+
+    #[test]
+    fn late_readings_reopen_a_closed_interval_additively() {
+        let mut c = counter();
+        counted(
+            c.observe(&delta("1", t(14, 10, 0), 4, 4), t(14, 10, 0))
+                .unwrap(),
+        );
+        assert_eq!(
+            rows(c.close_until(t(14, 20, 0))),
+            vec![("Main entrance".to_owned(), t(14, 0, 0), 4, 4)]
+        );
+        let got = counted(
+            c.observe(&delta("1", t(14, 12, 0), 1, 0), t(14, 21, 0))
+                .unwrap(),
+        );
+        assert!(got.late);
+        assert_eq!(
+            rows(c.flush()),
+            vec![("Main entrance".to_owned(), t(14, 0, 0), 1, 0)]
+        );
+    }
+
+    #[test]
+    fn occupancy_is_the_latest_in_the_interval() {
+        let mut c = counter();
+        let mut r = total("north", t(15, 1, 0), 0, 0);
+        r.occupancy = Some(3);
+        c.observe(&r, t(15, 1, 0)).unwrap();
+        let mut r = total("north", t(15, 7, 0), 9, 2);
+        r.occupancy = Some(10);
+        c.observe(&r, t(15, 7, 0)).unwrap();
+        let v = c.close_until(t(16, 0, 0));
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].occupancy, Some(10));
+        assert_eq!(v[0].end, t(15, 15, 0));
+    }
+
+    #[test]
+    fn vendor_payloads_end_to_end() {
+        let mut c = counter();
+        let axis = |stamp: &str, i: u64, o: u64| {
+            format!(
+                r#"{{"serial":"ACCC8EF1A2B3","name":"North","timestamp":"{stamp}","in":{i},"out":{o}}}"#
+            )
+        };
+        let feed: &[(String, UtcMillis)] = &[
+            (axis("20261122090100", 40, 30), t(9, 1, 1)),
+            (axis("20261122090200", 44, 31), t(9, 2, 1)),
+            (axis("20261122090200", 44, 31), t(9, 2, 9)),
+            (axis("20261122090300", 45, 33), t(9, 3, 1)),
+        ];
+        let format = CameraFormat::AxisLiveSum {
+            utc_offset_minutes: 0,
+        };
+        for (payload, received) in feed {
+            for r in parse_payload(
+                format,
+                &CameraId::new("north"),
+                payload.as_bytes(),
+                DEFAULT_MAX_PAYLOAD,
+            )
+            .unwrap()
+            {
+                c.observe(&r, *received).unwrap();
+            }
+        }
+        assert_eq!(
+            rows(c.close_until(t(10, 0, 0))),
+            vec![("Main entrance".to_owned(), t(9, 0, 0), 5, 3)]
+        );
+    }
+
+    proptest! {
+        /// Whatever arrives, in whatever order, every person counted lands in exactly one interval
+        /// and nothing panics.
+        #[test]
+        fn counted_people_are_conserved(
+            steps in proptest::collection::vec(
+                (0u8..3, -3_600_000i64..3_600_000, 0u64..2_000, 0u64..2_000, 0i64..600_000),
+                1..60,
+            )
+        ) {
+            let mut c = counter();
+            let mut now = t(10, 0, 0);
+            let mut sum = Counts::ZERO;
+            let mut emitted = Counts::ZERO;
+            for (kind, skew, a, b, wait) in steps {
+                now = now.saturating_add_ms(wait);
+                let at = now.saturating_add_ms(skew);
+                let reading = match kind {
+                    0 => total("north", at, a, b),
+                    1 => delta("1", at, a, b),
+                    _ => interval(at, at.saturating_add_ms(-(wait + 1)), at, a),
+                };
+                if let Ok(Outcome::Counted(got)) = c.observe(&reading, now) {
+                    sum.entered += got.counts.entered;
+                    sum.exited += got.counts.exited;
+                }
+                for i in c.close_until(now) {
+                    prop_assert!(i.end.millis_since(i.start) == INTERVAL_MS);
+                    emitted.entered += i.counts.entered;
+                    emitted.exited += i.counts.exited;
+                }
+            }
+            for i in c.flush() {
+                emitted.entered += i.counts.entered;
+                emitted.exited += i.counts.exited;
+            }
+            prop_assert_eq!(sum, emitted);
+        }
+    }
+}
