@@ -265,17 +265,26 @@ impl Writer {
 
     /// The writer loop: runs until every handle is gone or `Close` arrives.
     pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Command>) {
-        let checkpointer = self
-            .conn
-            .path()
-            .map(std::path::PathBuf::from)
-            .and_then(|p| {
-                if std::env::var_os("NOCKPT").is_some() {
+        let checkpointer = match self.conn.path().map(std::path::PathBuf::from) {
+            Some(p) => match Checkpointer::spawn(p) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!(
+                        error = %e,
+                        "cannot start the WAL checkpoint thread; the writer's automatic \
+                         checkpoint (every 20000 pages) keeps the WAL bounded"
+                    );
                     None
-                } else {
-                    Checkpointer::spawn(p).ok()
                 }
-            });
+            },
+            None => {
+                tracing::warn!(
+                    "the ledger has no file path, so no WAL checkpoint thread; the writer's \
+                     automatic checkpoint keeps the WAL bounded"
+                );
+                None
+            }
+        };
         let mut close_reply = None;
         while let Some(first) = rx.blocking_recv() {
             let mut group = vec![first];
@@ -378,8 +387,18 @@ impl Checkpointer {
         let thread = std::thread::Builder::new()
             .name("aisle-ledger-checkpoint".into())
             .spawn(move || {
-                let Ok(conn) = Connection::open(&db) else {
-                    return;
+                let conn = match Connection::open(&db) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(
+                            error = %e,
+                            db = %db.display(),
+                            "WAL checkpoint thread cannot open the ledger; the writer's \
+                             automatic checkpoint (every 20000 pages) keeps the WAL bounded"
+                        );
+                        // The writer's nudges then find the channel closed, which it ignores.
+                        return;
+                    }
                 };
                 let _ = conn.busy_timeout(std::time::Duration::from_millis(200));
                 while rx.recv().is_ok() {
