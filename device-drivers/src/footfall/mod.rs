@@ -160,6 +160,11 @@ pub enum FootfallError {
         minutes: u64,
         allowed: u64,
     },
+    #[error(
+        "camera {camera} sends more than one kind of count for one line; \
+         counting both would double the visitors"
+    )]
+    MixedCountKinds { camera: CameraId },
     #[error("interval {start:?}..{end:?} from camera {camera} overlaps one already counted")]
     OverlappingInterval {
         camera: CameraId,
@@ -183,6 +188,7 @@ impl FootfallError {
             FootfallError::PersonalData(_) => "personal_data",
             FootfallError::UnknownCamera { .. } => "unknown_camera",
             FootfallError::AbsurdJump { .. } => "absurd_jump",
+            FootfallError::MixedCountKinds { .. } => "mixed_count_kinds",
             FootfallError::OverlappingInterval { .. } => "overlapping_interval",
         }
     }

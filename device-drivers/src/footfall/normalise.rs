@@ -16,11 +16,17 @@
 //!   or an Axis counter whose counting day changed, was reset (midnight or reboot): the new value
 //!   counts from zero. Never a negative count.
 //! * **Duplicates and order.** A cumulative reading with the same camera time and values is a
-//!   duplicate; one older (by the camera's own clock) than the line's latest, within
-//!   `max_delivery_delay`, is stale: the later total already includes it. Deltas are remembered by
-//!   camera time and intervals by `(start, end)`, so re-sent ones count once; an interval
-//!   overlapping one already counted is refused. Out-of-order deltas and intervals are simply
-//!   added where they belong.
+//!   duplicate; one older by the camera's own clock than the line's latest (up to `history`
+//!   back, or with the same time and no higher totals) is stale: the later total already
+//!   includes it, and taking it for a reset would count its people twice. A camera whose clock
+//!   steps back loses nothing: its totals are counted once its clock passes the old time again.
+//!   A clock that jumps back further than `history` (a reboot to 1970) is a fresh start. Deltas
+//!   are remembered by camera time and intervals by `(start, end)`, so re-sent ones count once;
+//!   an interval overlapping one already counted is refused. Out-of-order deltas and intervals
+//!   are simply added where they belong.
+//! * **One kind per line.** A line keeps the kind of its first reading (totals, deltas or
+//!   intervals); a camera pushing both realTime totals and timeRange intervals for one line
+//!   would count every visitor twice, so the second kind is refused.
 //! * **Absurd jumps.** A line may add at most `max_per_minute` people per whole minute (at least
 //!   one) of gateway time since its previous reading (one 15-minute interval for a line's first
 //!   delta; an interval's own length for a timeRange). Beyond that the reading is refused with
@@ -98,12 +104,12 @@ pub struct FootfallConfig {
     pub max_per_minute: u64,
     /// How far a camera's clock may run ahead of the gateway and still be believed.
     pub clock_tolerance_ms: i64,
-    /// How late a message may arrive and still be placed at the camera's time; also the window in
-    /// which an older cumulative reading is taken as out of order rather than as a reset.
+    /// How late a message may arrive and still be placed at the camera's time.
     pub max_delivery_delay_ms: i64,
-    /// How far back an increase of a cumulative counter is spread.
+    /// How far back an increase of a cumulative counter is spread (at most a day).
     pub max_spread_ms: i64,
-    /// How long deltas and intervals are remembered to recognise re-sends.
+    /// How long deltas and intervals are remembered to recognise re-sends, and how far a camera's
+    /// clock may step back before an older total is a fresh start rather than a late message.
     pub history_ms: i64,
     /// How long after an interval ends it is closed, to let late messages in.
     pub close_after_ms: i64,
@@ -168,8 +174,27 @@ struct LastTotal {
     received: UtcMillis,
 }
 
+/// The kind a line committed to with its first reading.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LineKind {
+    Totals,
+    Deltas,
+    Intervals,
+}
+
+impl LineKind {
+    fn of(kind: &ReadingKind) -> Self {
+        match kind {
+            ReadingKind::Cumulative { .. } => LineKind::Totals,
+            ReadingKind::Delta { .. } => LineKind::Deltas,
+            ReadingKind::Interval { .. } => LineKind::Intervals,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 struct LineState {
+    kind: Option<LineKind>,
     last_total: Option<LastTotal>,
     last_received: Option<UtcMillis>,
     seen_deltas: BTreeSet<i64>,
@@ -225,6 +250,13 @@ impl FootfallCounter {
             .lines
             .entry((reading.camera.clone(), reading.line.clone()))
             .or_default();
+        let kind = LineKind::of(&reading.kind);
+        if state.kind.is_some_and(|k| k != kind) {
+            return Err(FootfallError::MixedCountKinds {
+                camera: reading.camera.clone(),
+            });
+        }
+        state.kind = Some(kind);
         // Gateway minutes since this line's previous accepted reading: the absurd-jump allowance.
         let minutes_since_last = state
             .last_received
@@ -248,9 +280,12 @@ impl FootfallCounter {
                 if reading.at == prev.camera_at && counts == prev.counts && since == prev.since {
                     return Ok(Outcome::Duplicate);
                 }
-                if reading.at < prev.camera_at
-                    && prev.camera_at.millis_since(reading.at) <= config.max_delivery_delay_ms
-                {
+                let stepped_back = reading.at < prev.camera_at
+                    && prev.camera_at.millis_since(reading.at) <= config.history_ms;
+                let same_time_no_higher = reading.at == prev.camera_at
+                    && counts.entered <= prev.counts.entered
+                    && counts.exited <= prev.counts.exited;
+                if stepped_back || same_time_no_higher {
                     return Ok(Outcome::Stale);
                 }
                 let new_day = matches!((since, prev.since), (Some(a), Some(b)) if a != b);
@@ -270,7 +305,7 @@ impl FootfallCounter {
                 state.last_received = Some(received);
                 let minutes = whole_minutes(received.millis_since(prev.received));
                 check_jump(&reading.camera, delta, minutes, config.max_per_minute)?;
-                let earliest = placed.saturating_add_ms(-config.max_spread_ms);
+                let earliest = placed.saturating_add_ms(-config.max_spread_ms.clamp(0, DAY_MS));
                 let start = prev.placed.min(placed).max(earliest);
                 ((start, placed), delta, reset)
             }
@@ -317,17 +352,11 @@ impl FootfallCounter {
                 )?;
                 remember_interval(&mut state.seen_intervals, start.0, end.0, config.history_ms);
                 state.last_received = Some(received);
-                // Correct the camera's clock by the same amount as the reading itself, then keep
-                // the end no later than the gateway's now.
+                // Correct the camera's clock by the same amount as the reading itself, keep the
+                // end no later than the gateway's now, and keep the interval's length.
                 let shift = placed.millis_since(reading.at);
-                let mut s = start.saturating_add_ms(shift);
-                let mut e = end.saturating_add_ms(shift);
-                if e > received {
-                    let back = received.millis_since(e);
-                    s = s.saturating_add_ms(back);
-                    e = received;
-                }
-                ((s, e), counts, false)
+                let e = end.saturating_add_ms(shift).min(received);
+                ((e.saturating_add_ms(-len), e), counts, false)
             }
         };
         let late = self.spread(&zone, span.0, span.1, counts);
@@ -721,6 +750,80 @@ mod tests {
     }
 
     #[test]
+    fn late_redelivery_after_a_reset_is_not_counted_twice() {
+        let mut c = counter();
+        let steps: &[(CameraReading, UtcMillis, Outcome)] = &[
+            (
+                total("north", t(10, 0, 0), 500, 480),
+                t(10, 0, 0),
+                Outcome::Baseline,
+            ),
+            // Reboot at 10:04: the total restarts.
+            (
+                total("north", t(10, 5, 0), 3, 1),
+                t(10, 5, 0),
+                Outcome::Counted(Counted {
+                    zone: main(),
+                    counts: Counts::new(3, 1),
+                    reset: true,
+                    camera_clock_used: true,
+                    late: false,
+                }),
+            ),
+            // The broker redelivers a pre-reboot message 40 minutes late: stale, not a reset.
+            (
+                total("north", t(10, 2, 0), 510, 481),
+                t(10, 42, 0),
+                Outcome::Stale,
+            ),
+            // Two totals stamped in the same second, delivered out of order.
+            (
+                total("north", t(10, 5, 0), 5, 1),
+                t(10, 42, 1),
+                Outcome::Counted(Counted {
+                    zone: main(),
+                    counts: Counts::new(2, 0),
+                    reset: false,
+                    camera_clock_used: false,
+                    late: false,
+                }),
+            ),
+            (
+                total("north", t(10, 5, 0), 4, 1),
+                t(10, 42, 2),
+                Outcome::Stale,
+            ),
+        ];
+        for (reading, received, want) in steps {
+            assert_eq!(&c.observe(reading, *received).unwrap(), want, "{reading:?}");
+        }
+    }
+
+    #[test]
+    fn a_clock_reset_to_1970_is_a_fresh_start() {
+        let mut c = counter();
+        c.observe(&total("north", t(10, 0, 0), 500, 480), t(10, 0, 0))
+            .unwrap();
+        let got = counted(
+            c.observe(&total("north", UtcMillis(60_000), 4, 2), t(10, 5, 0))
+                .unwrap(),
+        );
+        assert_eq!((got.counts, got.reset), (Counts::new(4, 2), true));
+        assert!(!got.camera_clock_used);
+    }
+
+    #[test]
+    fn one_kind_of_count_per_line() {
+        let mut c = counter();
+        let i = interval(t(9, 15, 0), t(9, 0, 0), t(9, 15, 0), 6);
+        counted(c.observe(&i, t(9, 15, 0)).unwrap());
+        let mut realtime = total("south", t(9, 16, 0), 100, 90);
+        realtime.line = Some("1".to_owned());
+        let err = c.observe(&realtime, t(9, 16, 0)).unwrap_err();
+        assert_eq!(err.reason(), "mixed_count_kinds");
+    }
+
+    #[test]
     fn wrong_camera_clocks_fall_back_to_gateway_time() {
         let mut c = counter();
         // A camera three hours behind: its readings are placed when the gateway got them.
@@ -899,6 +1002,30 @@ mod tests {
             rows(c.close_until(t(10, 0, 0))),
             vec![("Main entrance".to_owned(), t(9, 0, 0), 5, 3)]
         );
+    }
+
+    proptest! {
+        /// Hostile readings built by hand, with any times at all, neither panic nor hang.
+        #[test]
+        fn extreme_times_never_panic(
+            steps in proptest::collection::vec(
+                (0u8..3, any::<i64>(), any::<i64>(), any::<i64>(), any::<u64>(), any::<u64>()),
+                1..20,
+            )
+        ) {
+            let mut c = counter();
+            for (kind, at, other, received, a, b) in steps {
+                let (at, other, received) = (UtcMillis(at), UtcMillis(other), UtcMillis(received));
+                let reading = match kind {
+                    0 => total("north", at, a, b),
+                    1 => delta("1", at, a, b),
+                    _ => interval(at, other, other.saturating_add_ms(a as i64 % DAY_MS), b),
+                };
+                let _ = c.observe(&reading, received);
+                let _ = c.close_until(received);
+            }
+            let _ = c.flush();
+        }
     }
 
     proptest! {

@@ -3,24 +3,38 @@
 //! own MAC) with every release; images are caught by their bytes whatever the field is called.
 use super::FootfallError;
 
-/// Field names (lower-cased, matched as substrings) that mean an image or a person's identity.
-const PERSONAL_FIELDS: &[&str] = &[
+/// Words in a field name that mean an image or a person's identity. Names are split into words
+/// (`faceImage` -> face, image) so that `interface` or `template` do not trip the screen.
+const PERSONAL_WORDS: &[&str] = &[
     "image",
+    "images",
+    "img",
     "picture",
+    "pictures",
+    "pic",
+    "pics",
+    "bkg",
     "snapshot",
+    "snapshots",
+    "thumbnail",
     "photo",
+    "photos",
     "jpeg",
     "jpg",
+    "png",
     "face",
+    "faces",
     "plate",
+    "plates",
     "base64",
     "biometric",
-    "personid",
-    "person_id",
-    "trackid",
-    "track_id",
+    "biometrics",
+    "track",
     "tracks",
 ];
+
+/// Word pairs that together name a person's identifier (`personId`, `person_id`).
+const PERSONAL_PAIRS: &[(&str, &str)] = &[("person", "id"), ("people", "id"), ("human", "id")];
 
 /// A run of base64 this long is an embedded binary (an image), not a count or a name.
 const MAX_BASE64_RUN: usize = 256;
@@ -58,13 +72,42 @@ pub(super) fn screen_bytes(bytes: &[u8]) -> Result<(), FootfallError> {
     Ok(())
 }
 
+/// Splits a field name into lower-case words at `_`, `-`, `.` and lower-to-upper case changes.
+fn words(name: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut word = String::new();
+    let mut prev_lower = false;
+    for c in name.chars() {
+        if !c.is_ascii_alphanumeric() {
+            if !word.is_empty() {
+                out.push(std::mem::take(&mut word));
+            }
+            prev_lower = false;
+            continue;
+        }
+        if c.is_ascii_uppercase() && prev_lower && !word.is_empty() {
+            out.push(std::mem::take(&mut word));
+        }
+        prev_lower = c.is_ascii_lowercase() || c.is_ascii_digit();
+        word.push(c.to_ascii_lowercase());
+    }
+    if !word.is_empty() {
+        out.push(word);
+    }
+    out
+}
+
 /// Refuses a field name that names an image or a person's identifier.
 pub(super) fn screen_field(name: &str) -> Result<(), FootfallError> {
-    let lower = name.to_ascii_lowercase();
-    match PERSONAL_FIELDS.iter().find(|p| lower.contains(*p)) {
-        Some(_) => Err(FootfallError::PersonalData(format!("field `{name}`"))),
-        None => Ok(()),
+    let words = words(name);
+    let single = words.iter().any(|w| PERSONAL_WORDS.contains(&w.as_str()));
+    let pair = words
+        .windows(2)
+        .any(|p| PERSONAL_PAIRS.contains(&(p[0].as_str(), p[1].as_str())));
+    if single || pair {
+        return Err(FootfallError::PersonalData(format!("field `{name}`")));
     }
+    Ok(())
 }
 
 /// Walks every object key of a parsed JSON document. Iterative, so depth cannot blow the stack
@@ -120,6 +163,12 @@ mod tests {
             "channelName",
             "logics",
             "counts",
+            "interface",
+            "template",
+            "statisticalMethods",
+            "EventNotificationAlert",
+            "activePostCount",
+            "XLT_LINE_IN_OUT_COUNT",
         ] {
             assert!(screen_field(key).is_ok(), "{key}");
         }
