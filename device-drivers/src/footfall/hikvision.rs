@@ -387,6 +387,16 @@ mod tests {
                 REAL_TIME_V20.replace("<enter>236", "<enter>&#50;36"),
                 "malformed_xml",
             ),
+            // Entity tricks (billion laughs, external entities) are never expanded.
+            (
+                REAL_TIME_V20
+                    .replace(
+                        "<EventNotificationAlert ",
+                        "<!DOCTYPE x [<!ENTITY lol \"999\">]><EventNotificationAlert ",
+                    )
+                    .replace("<enter>236", "<enter>&lol;"),
+                "malformed_xml",
+            ),
         ];
         for (payload, reason) in &cases {
             let err = parse(payload).unwrap_err();
