@@ -176,6 +176,207 @@ async fn one_bad_command_in_a_group_fails_alone() {
     verify(dir.path()).unwrap();
 }
 
+/// Queues `first` alone behind the held write lock (the writer takes it and stalls on BEGIN),
+/// so that everything sent after it is drained into ONE group once the lock is released.
+async fn stall_writer_on(l: &Ledger, dir: &Path) -> (WriteLockHolder, tokio::task::JoinHandle<()>) {
+    let lock = WriteLockHolder::take(dir);
+    let l = l.clone();
+    let first = tokio::spawn(async move {
+        // Its outcome does not matter; it only keeps the writer busy while the group queues.
+        let _ = l.activate_due().await;
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    (lock, first)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sale_failing_while_reading_the_ledger_fails_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let l = open(dir.path(), &clock).await;
+    l.stage_prices(vec![price(gtin(1), 1, 100, T0), price(gtin(2), 1, 200, T0)])
+        .await
+        .unwrap();
+    let old = l.record_sale(sale("old-1", &[(gtin(1), 1)])).await.unwrap();
+    // Storage the read phase cannot use: the stored sale's row points at a price event, and
+    // GTIN 2's active price has a currency that does not decode.
+    let side = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    side.execute_batch(
+        "UPDATE sales SET seq = 1 WHERE sale_id = 'old-1';
+         UPDATE prices SET currency = 'X!' WHERE gtin = (SELECT gtin FROM prices
+             WHERE price_minor = 200);",
+    )
+    .unwrap();
+    let before = l.stats();
+    let last_seq = l.view().last_seq;
+
+    let (lock, first) = stall_writer_on(&l, dir.path()).await;
+    let retry = {
+        let l = l.clone();
+        tokio::spawn(async move { l.record_sale(sale("old-1", &[(gtin(1), 1)])).await })
+    };
+    let bad_price = {
+        let l = l.clone();
+        tokio::spawn(async move { l.record_sale(sale("new-bad", &[(gtin(2), 1)])).await })
+    };
+    let good: Vec<_> = (0..40)
+        .map(|i| {
+            let l = l.clone();
+            tokio::spawn(async move {
+                l.record_sale(sale(&format!("new-{i}"), &[(gtin(1), 1)]))
+                    .await
+            })
+        })
+        .collect();
+    lock.release_after_queueing().await;
+    first.await.unwrap();
+
+    match retry.await.unwrap() {
+        Err(SaleRejection::Ledger(LedgerError::Corrupt { seq: 1, reason })) => {
+            assert!(reason.contains("non-sale"), "{reason}");
+        }
+        other => panic!("a retry of a corrupt sale: {other:?}"),
+    }
+    match bad_price.await.unwrap() {
+        Err(SaleRejection::Ledger(LedgerError::Storage(e))) => {
+            assert!(e.to_string().contains("X!"), "{e}");
+        }
+        other => panic!("a sale priced from a corrupt row: {other:?}"),
+    }
+    let mut seqs = Vec::new();
+    for t in good {
+        seqs.push(t.await.unwrap().unwrap().seq);
+    }
+    let after = l.stats();
+    assert!(
+        after.transactions - before.transactions <= 2,
+        "the sales did not share a transaction, so this test proves nothing"
+    );
+    assert_eq!(after.sales_committed - before.sales_committed, 40);
+    seqs.sort_unstable();
+    assert_eq!(seqs, (last_seq + 1..=last_seq + 40).collect::<Vec<_>>());
+    assert_eq!(l.stock(gtin(1)).await.unwrap(), -41);
+    assert_eq!(l.stock(gtin(2)).await.unwrap(), 0);
+    assert!(
+        l.sale(aisle_protocol::SaleId::parse("new-bad").unwrap())
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Repaired, the ledger is whole and both sales go through.
+    side.execute(
+        "UPDATE sales SET seq = ?1 WHERE sale_id = 'old-1'",
+        [old.seq as i64],
+    )
+    .unwrap();
+    side.execute_batch("UPDATE prices SET currency = 'CNY' WHERE currency = 'X!'")
+        .unwrap();
+    let replay = l.record_sale(sale("old-1", &[(gtin(1), 1)])).await.unwrap();
+    assert!(replay.replayed);
+    assert_eq!(replay.seq, old.seq);
+    l.record_sale(sale("new-bad", &[(gtin(2), 1)]))
+        .await
+        .unwrap();
+    l.close().await;
+    verify(dir.path()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sale_failing_while_writing_aborts_its_whole_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let l = open(dir.path(), &clock).await;
+    l.stage_prices(vec![price(gtin(1), 1, 100, T0)])
+        .await
+        .unwrap();
+    l.record_sale(sale("before", &[(gtin(1), 1)]))
+        .await
+        .unwrap();
+    // The sale's event goes in, then its sales row is refused: a failure half way through.
+    let side = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    side.execute_batch(
+        "CREATE TRIGGER sales_boom BEFORE INSERT ON sales WHEN NEW.sale_id = 'boom'
+         BEGIN SELECT RAISE(ABORT, 'injected write failure'); END;",
+    )
+    .unwrap();
+    let before = l.stats();
+    let view_before = l.view();
+
+    let (lock, first) = stall_writer_on(&l, dir.path()).await;
+    let mut tasks = Vec::new();
+    for i in 0..30 {
+        let id = if i == 15 {
+            "boom".to_string()
+        } else {
+            format!("g-{i}")
+        };
+        let l = l.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = l.record_sale(sale(&id, &[(gtin(1), 1)])).await;
+            (id, r)
+        }));
+    }
+    let adjust_task = {
+        let l = l.clone();
+        tokio::spawn(async move {
+            let change = Change {
+                seq: 1,
+                body: ChangeBody::StockAdjustment(StockAdjustment {
+                    adjustment_id: EventId::from_bytes([9; 16]),
+                    gtin: gtin(1),
+                    delta: 50,
+                    reason: "goods received".into(),
+                }),
+            };
+            l.apply_changes(vec![change], Some(1), None).await
+        })
+    };
+    lock.release_after_queueing().await;
+    first.await.unwrap();
+    for t in tasks {
+        let (id, r) = t.await.unwrap();
+        match r {
+            Err(SaleRejection::Ledger(LedgerError::Commit(why))) => {
+                assert!(why.contains("injected write failure"), "{id}: {why}");
+            }
+            other => panic!("{id} shared the failed group but got {other:?}"),
+        }
+    }
+    match adjust_task.await.unwrap() {
+        Err(LedgerError::Commit(why)) => assert!(why.contains("injected"), "{why}"),
+        other => panic!("the change page shared the failed group but got {other:?}"),
+    }
+    // Nothing of the group was stored, nor published.
+    let after = l.stats();
+    assert_eq!(after.sales_committed, before.sales_committed);
+    assert_eq!(l.view(), view_before);
+    assert_eq!(l.stock(gtin(1)).await.unwrap(), -1);
+    assert_eq!(
+        l.events_after(0, 1_000).await.unwrap().len() as u64,
+        view_before.last_seq
+    );
+    for id in ["boom", "g-0", "g-29"] {
+        assert!(
+            l.sale(aisle_protocol::SaleId::parse(id).unwrap())
+                .await
+                .unwrap()
+                .is_none(),
+            "{id} was stored"
+        );
+    }
+
+    // The chain carries on from where it was, and the ledger verifies.
+    let next = l.record_sale(sale("after", &[(gtin(1), 2)])).await.unwrap();
+    assert_eq!(next.seq, view_before.last_seq + 1);
+    side.execute_batch("DROP TRIGGER sales_boom").unwrap();
+    let boom = l.record_sale(sale("boom", &[(gtin(1), 1)])).await.unwrap();
+    assert_eq!(boom.seq, next.seq + 1);
+    assert_eq!(l.stock(gtin(1)).await.unwrap(), -4);
+    l.close().await;
+    verify(dir.path()).unwrap();
+}
+
 #[tokio::test]
 async fn sale_is_idempotent_by_id_and_refuses_a_different_body() {
     let dir = tempfile::tempdir().unwrap();

@@ -475,13 +475,30 @@ fn run_group(
     let mut commands = group.into_iter();
     while let Some(cmd) = commands.next() {
         let d = match cmd {
-            // The hot path runs without a SAVEPOINT: `record_sale` reads and validates everything
-            // before its first write, so a refused sale has written nothing. A storage error
-            // (the only way a write can fail) may leave part of the sale behind, so it aborts
-            // the whole group: every command in it gets the reason and nothing is committed.
-            Command::Sale { req, reply } => match record_sale(&tx, head, time, &req) {
-                Err(SaleRejection::Ledger(e)) => {
-                    let why = format!("ledger write failed: {e}");
+            // The hot path runs without a SAVEPOINT, in two explicit phases. `price_sale` only
+            // reads and validates, so any error there (a refusal, or a storage error such as a
+            // corrupt stored sale or price row) has written nothing and fails that sale alone.
+            // `write_sale` appends the event and its state; an error there may leave part of the
+            // sale behind, so it aborts the whole group: every command in it gets the reason and
+            // nothing is committed.
+            Command::Sale { req, reply } => match price_sale(&tx, &req) {
+                Ok(Priced::Replay(receipt)) => Done::Sale(reply, Ok(receipt)),
+                Ok(Priced::New(record)) => match write_sale(&tx, head, time, record) {
+                    Ok(receipt) => Done::Sale(reply, Ok(receipt)),
+                    Err(e) => {
+                        let why = format!("ledger write failed: {e}");
+                        done.push(Done::Sale(
+                            reply,
+                            Err(LedgerError::Commit(why.clone()).into()),
+                        ));
+                        done.extend(commands.filter_map(|c| Done::never_ran(c, &why)));
+                        return Err(LedgerError::Commit(why));
+                    }
+                },
+                Err(SaleRejection::Ledger(e)) if tx.is_autocommit() => {
+                    // SQLite rolled the whole transaction back on this error (an I/O error,
+                    // a full disk): what the group did so far is gone, so it all fails.
+                    let why = format!("ledger read failed and the transaction was lost: {e}");
                     done.push(Done::Sale(
                         reply,
                         Err(LedgerError::Commit(why.clone()).into()),
@@ -489,7 +506,15 @@ fn run_group(
                     done.extend(commands.filter_map(|c| Done::never_ran(c, &why)));
                     return Err(LedgerError::Commit(why));
                 }
-                outcome => Done::Sale(reply, outcome),
+                Err(SaleRejection::Ledger(e)) => {
+                    tracing::error!(
+                        error = %e,
+                        sale_id = %req.sale_id,
+                        "sale failed reading the ledger; nothing of it was written"
+                    );
+                    Done::Sale(reply, Err(SaleRejection::Ledger(e)))
+                }
+                Err(refused) => Done::Sale(reply, Err(refused)),
             },
             Command::Changes {
                 changes,
@@ -641,12 +666,18 @@ fn same_request(rec: &SaleRecord, req: &SaleRequest) -> bool {
             .all(|(a, b)| a.gtin == b.gtin && a.qty == b.qty)
 }
 
-fn record_sale(
-    conn: &Connection,
-    head: &mut Head,
-    time: &HubTime,
-    req: &SaleRequest,
-) -> Result<SaleReceipt, SaleRejection> {
+/// What the read phase of a sale found.
+enum Priced {
+    /// The same `sale_id` was already committed with the same body: answer its receipt again.
+    Replay(SaleReceipt),
+    /// A new sale, priced and validated, not yet written.
+    New(SaleRecord),
+}
+
+/// The read phase of a sale: checks the request, looks for an earlier sale with its id and
+/// prices it from the active prices. Writes nothing, so any error leaves the transaction as it
+/// was.
+fn price_sale(conn: &Connection, req: &SaleRequest) -> Result<Priced, SaleRejection> {
     check_request(req)?;
     let existing: Option<i64> = conn
         .prepare_cached("SELECT seq FROM sales WHERE sale_id = ?1")
@@ -657,7 +688,7 @@ fn record_sale(
     if let Some(seq) = existing {
         let receipt = super::reader::sale_at(conn, seq)?;
         return if same_request(&receipt.record, req) {
-            Ok(receipt)
+            Ok(Priced::Replay(receipt))
         } else {
             Err(SaleRejection::Conflict(req.sale_id.clone()))
         };
@@ -721,6 +752,17 @@ fn record_sale(
         payment: req.payment.clone(),
     };
     record.validate()?;
+    Ok(Priced::New(record))
+}
+
+/// The write phase of a sale: appends its event and applies it. An error here may leave part of
+/// the sale written, so the caller aborts the whole group.
+fn write_sale(
+    conn: &Connection,
+    head: &mut Head,
+    time: &HubTime,
+    record: SaleRecord,
+) -> Result<SaleReceipt, LedgerError> {
     let at = time.now();
     let seq = append(
         conn,
