@@ -76,7 +76,7 @@ pub enum GatewayCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum ChangesCommand {
-    /// Delete superseded price changes and raise the stores' retention floors.
+    /// Delete price changes superseded by a higher version (no gateway needs to resync).
     Compact,
 }
 
@@ -140,8 +140,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let db = storage::open(&cli.db).await?;
             let report = db.compact().await?;
             println!("removed {} superseded changes", report.removed);
-            for (store, floor) in report.floors {
-                println!("store {store}: cursors below {floor} now restart from 0");
+            for (store, n) in report.per_store {
+                println!("store {store}: {n} removed");
             }
             Ok(())
         }

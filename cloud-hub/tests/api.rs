@@ -723,6 +723,11 @@ async fn metrics_count_requests_by_route_and_status() {
         .unwrap();
     hub.post_json_batch(json!({"stores": "all", "prices": [row(G1, "1"), row(G2, "2")]}))
         .await;
+    // Made-up methods must not mint new metric series.
+    for made_up in ["FOO1", "FOO2"] {
+        let m = Method::from_bytes(made_up.as_bytes()).unwrap();
+        hub.req(m, "/healthz", None).send().await.unwrap();
+    }
     let res = hub.req(Method::GET, "/metrics", None).send().await.unwrap();
     assert!(
         res.headers()["content-type"]
@@ -742,6 +747,8 @@ async fn metrics_count_requests_by_route_and_status() {
     ] {
         assert!(m.contains(line), "missing {line}:\n{m}");
     }
+    assert!(!m.contains("FOO1") && !m.contains("FOO2"), "{m}");
+    assert!(m.contains(r#"method="other""#), "{m}");
 }
 
 #[tokio::test]
@@ -940,7 +947,7 @@ async fn uploads_sales_stock_and_adjustments_over_http() {
 }
 
 #[tokio::test]
-async fn compacted_cursor_is_answered_410() {
+async fn compaction_keeps_cursors_and_a_cursor_beyond_the_head_is_answered_410() {
     let hub = hub().await;
     hub.post_json_batch(json!({"stores": ["S001"], "prices": [row(G1, "1"), row(G2, "1")]}))
         .await;
@@ -949,10 +956,20 @@ async fn compacted_cursor_is_answered_410() {
     hub.post_json_batch(json!({"stores": ["S001"], "prices": [row(G1, "2"), row(G2, "2")]}))
         .await;
     assert_eq!(hub.storage().compact().await.unwrap().removed, 2);
+    // A gateway behind the compaction keeps its cursor and reads the newest versions.
+    let behind = hub
+        .changes(&hub.gw, &format!("after={}", first.next_cursor))
+        .await;
+    assert_eq!(behind.changes.len(), 2);
+    assert!(behind.changes.iter().all(|c| matches!(
+        &c.body,
+        aisle_protocol::sync::ChangeBody::Price(p) if p.version == 2
+    )));
+    // A cursor this hub never issued (restored from an older backup): 410, start again.
     let (status, err) = error_of(
         hub.sync(
             Method::GET,
-            &format!("/v1/sync/changes?after={}", first.next_cursor),
+            &format!("/v1/sync/changes?after={}", behind.next_cursor + 1000),
             &hub.gw,
         )
         .send()

@@ -711,7 +711,6 @@ async fn compaction_and_cursor_expiry(db: Db) {
         .await
         .unwrap();
     let v1 = db.changes_after(&s1, 0, 100).await.unwrap();
-    let old_g1_seq = v1.changes[1].seq;
     let caught_up = v1.next_cursor;
     db.create_price_batch(&batch(only(&["S001"]), &[(1, 110)]))
         .await
@@ -719,26 +718,62 @@ async fn compaction_and_cursor_expiry(db: Db) {
 
     let report = db.compact().await.unwrap();
     assert_eq!(report.removed, 1, "only S001's superseded v1 of product 1");
-    assert_eq!(report.floors, vec![(s1.clone(), old_g1_seq)]);
+    assert_eq!(report.per_store, vec![(s1.clone(), 1)]);
     assert_eq!(db.compact().await.unwrap().removed, 0);
 
-    // From 0 the store still gets everything that matters, newest versions only.
+    // Every cursor behind the compaction, paging one change at a time, still converges on the
+    // newest versions: a deleted change's successor always has a higher seq. No resync, no loop.
+    for start in [0, 1, 2, caught_up] {
+        let mut cursor = start;
+        let mut seen = Vec::new();
+        for _ in 0..10 {
+            let page = db.changes_after(&s1, cursor, 1).await.unwrap();
+            seen.extend(price_versions_of(&page));
+            cursor = page.next_cursor;
+            if !page.more {
+                break;
+            }
+        }
+        assert!(seen.contains(&(g(1), 2)), "from cursor {start}: {seen:?}");
+        assert!(
+            !seen.contains(&(g(1), 1)),
+            "from cursor {start}: superseded version served"
+        );
+    }
     let fresh = db.changes_after(&s1, 0, 100).await.unwrap();
     assert_eq!(fresh.changes.len(), 3);
     assert_eq!(price_versions(&db, &s1).await, vec![(g(2), 1), (g(1), 2)]);
-    // A cursor below the floor may have missed the deleted change: 410, start again.
-    match db.changes_after(&s1, 1, 100).await {
-        Err(e @ StorageError::CursorExpired { .. }) => {
+    // A cursor beyond the head (a hub restored from an older backup) must start again from 0.
+    match db.changes_after(&s1, fresh.next_cursor + 100, 100).await {
+        Err(e @ StorageError::CursorAhead { .. }) => {
             assert!(e.to_string().contains("start again from cursor 0"), "{e}")
         }
         other => panic!("{other:?}"),
     }
-    // At or above the floor nothing was missed.
-    let page = db.changes_after(&s1, caught_up, 100).await.unwrap();
-    assert_eq!(price_versions_of(&page), vec![(g(1), 2)]);
-    assert!(db.changes_after(&s1, old_g1_seq, 100).await.is_ok());
-    // Another store's floor is its own.
-    assert!(db.changes_after(&s2, 1, 100).await.is_ok());
+    // The other store was not touched.
+    assert_eq!(price_versions(&db, &s2).await, vec![(g(1), 1)]);
+}
+
+async fn two_gateways_may_reuse_a_sale_id(db: Db) {
+    let s1 = add_store(&db, "S001").await;
+    let a = add_gateway(&db, &s1).await;
+    let b = add_gateway(&db, &s1).await;
+    // Each lane numbers its own sales; two gateways of one store can both have a "lane1-0001".
+    db.ingest_events(
+        &a.gateway_id,
+        &[sale(1, "lane1-0001", 1_000, &[(1, 2, 100)])],
+    )
+    .await
+    .unwrap();
+    db.ingest_events(
+        &b.gateway_id,
+        &[sale(1, "lane1-0001", 1_000, &[(1, 3, 100)])],
+    )
+    .await
+    .unwrap();
+    let page = db.sales_since(&s1, SalesSince::All, 100).await.unwrap();
+    assert_eq!(page.sales.len(), 2, "both sales count");
+    assert_eq!(db.stock(&s1, &g(1)).await.unwrap(), -5);
 }
 
 fn price_versions_of(page: &aisle_protocol::sync::ChangePage) -> Vec<(Gtin, u64)> {
@@ -937,6 +972,7 @@ conformance!(
     stock_sums_every_delta,
     batch_progress_per_store,
     compaction_and_cursor_expiry,
+    two_gateways_may_reuse_a_sale_id,
     identical_uploads_at_once_have_one_effect,
     concurrent_writers_never_skip_a_reader,
     long_poll_doorbell_rings_after_commit,

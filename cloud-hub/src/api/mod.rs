@@ -148,7 +148,7 @@ impl From<StorageError> for ApiError {
                 expected_from,
                 message: msg,
             },
-            S::CursorExpired { .. } | S::CursorAhead { .. } => ApiError::CursorExpired(msg),
+            S::CursorAhead { .. } => ApiError::CursorExpired(msg),
             S::Unavailable(_) => ApiError::Unavailable(msg),
             S::Sqlite(rusqlite::Error::SqliteFailure(f, _))
                 if matches!(
@@ -494,7 +494,18 @@ async fn stamp_and_count(State(state): State<AppState>, req: Request, next: Next
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = req.method().as_str().to_owned();
+    // Only standard methods become label values: any other string a client sends would add a
+    // new metric series for ever.
+    let method = match *req.method() {
+        Method::GET
+        | Method::POST
+        | Method::PUT
+        | Method::DELETE
+        | Method::HEAD
+        | Method::OPTIONS
+        | Method::PATCH => req.method().as_str().to_owned(),
+        _ => "other".to_owned(),
+    };
     let mut res = next.run(req).await;
     let headers = res.headers_mut();
     headers.insert(PROTOCOL_HEADER, HeaderValue::from(PROTOCOL_VERSION));

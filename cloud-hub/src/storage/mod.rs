@@ -86,14 +86,6 @@ pub enum StorageError {
     #[error("stock adjustment {0} was already recorded with different content")]
     AdjustmentConflict(EventId),
     #[error(
-        "cursor {cursor} is older than the changes the hub keeps for store {store} (floor {floor}); start again from cursor 0"
-    )]
-    CursorExpired {
-        store: StoreId,
-        cursor: u64,
-        floor: u64,
-    },
-    #[error(
         "cursor {cursor} is beyond this hub's changefeed (latest {head}); start again from cursor 0"
     )]
     CursorAhead { cursor: u64, head: u64 },
@@ -355,8 +347,8 @@ pub struct AdjustmentReceipt {
 pub struct CompactionReport {
     /// Superseded price changes deleted.
     pub removed: u64,
-    /// Stores whose retention floor rose, with the new floor.
-    pub floors: Vec<(StoreId, u64)>,
+    /// Changes removed per store.
+    pub per_store: Vec<(StoreId, u64)>,
 }
 
 /// Which engine a storage runs on.
@@ -398,7 +390,8 @@ pub trait HubStorage: Send + Sync + fmt::Debug {
     async fn batch_progress(&self, batch: &BatchId) -> Result<BatchProgress, StorageError>;
 
     /// Up to `limit` changes of `store` after `cursor`, in seq order. Cursor 0 is the beginning;
-    /// a cursor below the store's retention floor -> [`StorageError::CursorExpired`].
+    /// a cursor beyond the changefeed's head (a hub restored from an older backup, or another
+    /// hub) -> [`StorageError::CursorAhead`]: the gateway starts again from 0.
     async fn changes_after(
         &self,
         store: &StoreId,
@@ -433,7 +426,9 @@ pub trait HubStorage: Send + Sync + fmt::Debug {
         adjustment: &NewStockAdjustment,
     ) -> Result<AdjustmentReceipt, StorageError>;
 
-    /// Deletes superseded price changes and raises the stores' retention floors.
+    /// Deletes price changes superseded by a higher version of the same (store, GTIN). No cursor
+    /// is invalidated: a deleted row's successor has a higher seq, so a gateway behind the
+    /// compaction still reads the newest version (highest version wins).
     async fn compact(&self) -> Result<CompactionReport, StorageError>;
 
     /// A doorbell that rings after changes for `store` commit (long-polls wait on it).

@@ -7,8 +7,8 @@
 //! so a reader could see seq 11 committed, move its cursor past it, and never see seq 10 that
 //! commits a moment later. Every changefeed writer therefore takes [`CHANGEFEED_LOCK`]
 //! (`pg_advisory_xact_lock`) before it draws a seq and holds it to commit: seqs become visible
-//! strictly in order. Sales' `hub_seq` cursor is protected the same way by [`SALES_LOCK`].
-use std::collections::{BTreeMap, HashMap, HashSet};
+//! strictly in order. Sales' `hub_seq` cursor is protected the same way, per store, by [`SALES_LOCK`].
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,8 +35,10 @@ const SCHEMA: &str = include_str!("schema_postgres.sql");
 
 /// Advisory lock held by every changefeed writer from before its first seq to commit.
 pub const CHANGEFEED_LOCK: i64 = 0x4149_534c_4501;
-/// Advisory lock held by every transaction that inserts sales, for the same reason.
-pub const SALES_LOCK: i64 = 0x4149_534c_4502;
+/// Advisory lock namespace (with a hash of the store id as the second key) held by every
+/// transaction that inserts a store's sales, for the same reason. Per store, because the
+/// `hub_seq` cursor is only ever read per store: stores need not wait for each other.
+pub const SALES_LOCK: i32 = 0x4153_4c45;
 /// Advisory lock held while migrating the schema.
 pub const MIGRATION_LOCK: i64 = 0x4149_534c_4503;
 
@@ -470,13 +472,11 @@ impl HubStorage for PgStorage {
     ) -> Result<ChangePage, StorageError> {
         let limit = limit.max(1);
         let client = self.client().await?;
-        // One statement is one snapshot: floor, head and rows agree with each other.
+        // One statement is one snapshot: head and rows agree with each other.
         let stmt = client
             .prepare_cached(
-                "WITH f AS (
-                     SELECT COALESCE((SELECT floor FROM feed_floors WHERE store_id = $1), 0) AS floor,
-                            (SELECT COALESCE(MAX(seq), 0) FROM changes) AS head)
-                 SELECT f.floor, f.head, c.seq, c.body FROM f
+                "WITH f AS (SELECT (SELECT COALESCE(MAX(seq), 0) FROM changes) AS head)
+                 SELECT f.head, c.seq, c.body FROM f
                  LEFT JOIN LATERAL (
                      SELECT seq, body FROM changes WHERE store_id = $1 AND seq > $2 ORDER BY seq LIMIT $3
                  ) c ON true
@@ -496,15 +496,7 @@ impl HubStorage for PgStorage {
         let first = rows
             .first()
             .ok_or_else(|| StorageError::Corrupt("changefeed query returned no row".into()))?;
-        let floor = to_u64(first.try_get("floor")?, "floor")?;
         let head = to_u64(first.try_get("head")?, "head")?;
-        if cursor != 0 && cursor < floor {
-            return Err(StorageError::CursorExpired {
-                store: store.clone(),
-                cursor,
-                floor,
-            });
-        }
         if cursor > head {
             return Err(StorageError::CursorAhead { cursor, head });
         }
@@ -762,36 +754,30 @@ impl HubStorage for PgStorage {
     async fn compact(&self) -> Result<CompactionReport, StorageError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        // Compaction is a changefeed writer too: deletions and floors change with no batch midway.
+        // Compaction is a changefeed writer too: no batch commits halfway through it.
         lock_changefeed(&tx).await?;
         let rows = tx
             .query(
                 "WITH gone AS (
                      DELETE FROM changes c WHERE c.kind = 'price' AND c.version <
                          (SELECT p.version FROM prices p WHERE p.store_id = c.store_id AND p.gtin = c.gtin)
-                     RETURNING c.store_id, c.seq)
-                 SELECT store_id, MAX(seq) AS floor, COUNT(*) AS removed FROM gone GROUP BY store_id",
+                     RETURNING c.store_id)
+                 SELECT store_id, COUNT(*) AS removed FROM gone GROUP BY store_id ORDER BY store_id",
                 &[],
             )
             .await?;
-        let mut floors = BTreeMap::new();
-        let mut removed = 0u64;
+        let mut per_store = Vec::with_capacity(rows.len());
         for r in &rows {
             let store: String = r.try_get("store_id")?;
-            let floor: i64 = r.try_get("floor")?;
-            removed += to_u64(r.try_get("removed")?, "removed")?;
-            tx.execute(
-                "INSERT INTO feed_floors (store_id, floor) VALUES ($1, $2)
-                 ON CONFLICT (store_id) DO UPDATE SET floor = GREATEST(feed_floors.floor, excluded.floor)",
-                &[&store, &floor],
-            )
-            .await?;
-            floors.insert(parse_store_id(&store)?, to_u64(floor, "floor")?);
+            per_store.push((
+                parse_store_id(&store)?,
+                to_u64(r.try_get("removed")?, "removed")?,
+            ));
         }
         tx.commit().await?;
         Ok(CompactionReport {
-            removed,
-            floors: floors.into_iter().collect(),
+            removed: per_store.iter().map(|(_, n)| n).sum(),
+            per_store,
         })
     }
 
@@ -879,9 +865,13 @@ async fn store_fresh_events(
     if sale_events.is_empty() {
         return Ok(());
     }
-    // hub_seq is a cursor too: serialise sale writers so it never skips (see module comment).
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SALES_LOCK])
-        .await?;
+    // hub_seq is a cursor too: serialise the store's sale writers so it never skips (see module
+    // comment). A hash collision between two stores only makes them wait for each other.
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+        &[&SALES_LOCK, &store],
+    )
+    .await?;
     let mut s_ids = Vec::with_capacity(sale_events.len());
     let mut s_sale_ids = Vec::with_capacity(sale_events.len());
     let mut s_at = Vec::with_capacity(sale_events.len());
@@ -903,7 +893,7 @@ async fn store_fresh_events(
                FROM unnest($3::text[], $4::text[], $5::int8[], $6::int8[], $7::text[], $8::text[])
                  WITH ORDINALITY AS t(id, sale_id, at, total, currency, record, ord)
               ORDER BY t.ord
-             ON CONFLICT DO NOTHING
+             ON CONFLICT (event_id) DO NOTHING
              RETURNING event_id",
             &[
                 &store,

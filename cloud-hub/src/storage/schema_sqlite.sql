@@ -59,12 +59,6 @@ CREATE TABLE IF NOT EXISTS changes (
 );
 CREATE INDEX IF NOT EXISTS changes_by_store ON changes (store_id, seq);
 
--- Cursors below a store's floor may have missed compacted changes: answered 410.
-CREATE TABLE IF NOT EXISTS feed_floors (
-    store_id TEXT PRIMARY KEY,
-    floor    INTEGER NOT NULL
-);
-
 -- Every uploaded ledger event, under UNIQUE (gateway, seq).
 CREATE TABLE IF NOT EXISTS events (
     gateway_id  TEXT NOT NULL REFERENCES gateways (gateway_id),
@@ -90,7 +84,9 @@ CREATE TABLE IF NOT EXISTS sales (
     total_minor INTEGER NOT NULL,
     currency    TEXT NOT NULL,
     record      TEXT NOT NULL,
-    UNIQUE (store_id, sale_id)
+    -- A sale id is the lane's idempotency key inside one gateway's ledger; two gateways of one
+    -- store may use the same id for different sales, and both count.
+    UNIQUE (gateway_id, sale_id)
 );
 CREATE INDEX IF NOT EXISTS sales_by_store ON sales (store_id, hub_seq);
 CREATE INDEX IF NOT EXISTS sales_by_time ON sales (store_id, sold_at);

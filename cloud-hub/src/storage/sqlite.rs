@@ -307,24 +307,8 @@ fn read_changes(
     cursor: u64,
     limit: u32,
 ) -> Result<ChangePage, StorageError> {
-    // One read transaction: floor, head and rows come from the same snapshot.
+    // One read transaction: head and rows come from the same snapshot.
     let tx = conn.transaction()?;
-    let floor: i64 = tx
-        .query_row(
-            "SELECT floor FROM feed_floors WHERE store_id = ?1",
-            [store.as_str()],
-            |r| r.get(0),
-        )
-        .optional()?
-        .unwrap_or(0);
-    let floor = to_u64(floor, "floor")?;
-    if cursor != 0 && cursor < floor {
-        return Err(StorageError::CursorExpired {
-            store: store.clone(),
-            cursor,
-            floor,
-        });
-    }
     let head: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM changes", [], |r| {
         r.get(0)
     })?;
@@ -409,7 +393,7 @@ fn ingest(
         )?;
         let mut insert_sale = tx.prepare(
             "INSERT INTO sales (event_id, store_id, gateway_id, sale_id, sold_at, total_minor, currency, record)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (event_id) DO NOTHING",
         )?;
         let mut insert_delta = tx.prepare(
             "INSERT INTO stock_deltas (delta_key, store_id, gtin, delta, created_at)
@@ -597,36 +581,25 @@ fn insert_adjustment(
 
 fn compact_changes(conn: &mut Connection) -> Result<CompactionReport, StorageError> {
     let tx = immediate(conn)?;
-    let mut floors: BTreeMap<String, i64> = BTreeMap::new();
-    let mut removed = 0u64;
+    let mut per_store: BTreeMap<String, u64> = BTreeMap::new();
     {
         let mut stmt = tx.prepare(
             "DELETE FROM changes WHERE kind = 'price' AND version <
                  (SELECT p.version FROM prices p WHERE p.store_id = changes.store_id AND p.gtin = changes.gtin)
-             RETURNING store_id, seq",
+             RETURNING store_id",
         )?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
-        for row in rows {
-            let (store, seq) = row?;
-            removed += 1;
-            let floor = floors.entry(store).or_insert(seq);
-            *floor = (*floor).max(seq);
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        for store in rows {
+            *per_store.entry(store?).or_default() += 1;
         }
     }
-    let mut report = CompactionReport {
-        removed,
-        floors: Vec::new(),
+    let report = CompactionReport {
+        removed: per_store.values().sum(),
+        per_store: per_store
+            .into_iter()
+            .map(|(s, n)| Ok((parse_store_id(&s)?, n)))
+            .collect::<Result<_, StorageError>>()?,
     };
-    for (store, floor) in floors {
-        tx.execute(
-            "INSERT INTO feed_floors (store_id, floor) VALUES (?1, ?2)
-             ON CONFLICT (store_id) DO UPDATE SET floor = MAX(floor, excluded.floor)",
-            params![store, floor],
-        )?;
-        report
-            .floors
-            .push((parse_store_id(&store)?, to_u64(floor, "floor")?));
-    }
     tx.commit()?;
     Ok(report)
 }
