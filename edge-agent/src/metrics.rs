@@ -54,6 +54,11 @@ impl AgentMetrics {
         let s = &sync.metrics;
         registry.register("sync_errors", "Failed sync requests", s.errors.clone());
         registry.register(
+            "sync_refusals",
+            "Sync requests the hub refused (4xx) in a way retrying cannot fix; retried slowly",
+            s.refusals.clone(),
+        );
+        registry.register(
             "clock_skew_ms",
             "Hub time minus local time, milliseconds",
             s.clock_skew_ms.clone(),

@@ -58,6 +58,14 @@ struct HubState {
     /// Uploads that were not contiguous and in order (must stay empty).
     disorder: Vec<String>,
     answered_410: usize,
+    /// Refuse every upload with this status, storing nothing.
+    upload_status: Option<StatusCode>,
+    /// Refuse uploads of more events than this with 413, storing nothing.
+    max_upload: Option<usize>,
+    /// Acknowledge this many seqs more than were stored (a confused hub).
+    over_ack: u64,
+    /// Every upload: (events in it, status answered).
+    uploads: Vec<(usize, u16)>,
 }
 
 #[derive(Debug, Default)]
@@ -202,6 +210,25 @@ async fn events(State(hub): State<Arc<FakeHub>>, headers: HeaderMap, body: Bytes
         return error(StatusCode::BAD_REQUEST, error_code::BAD_REQUEST, None);
     };
     hub.with(|h| {
+        let n = up.events.len();
+        if let Some(status) = h.upload_status {
+            h.uploads.push((n, status.as_u16()));
+            let code = if status == StatusCode::FORBIDDEN {
+                error_code::FORBIDDEN
+            } else {
+                error_code::UNAVAILABLE
+            };
+            return error(status, code, None);
+        }
+        if h.max_upload.is_some_and(|m| n > m) {
+            h.uploads.push((n, 413));
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                error_code::PAYLOAD_TOO_LARGE,
+                None,
+            );
+        }
+        h.uploads.push((n, 200));
         h.uploaded.extend(up.events.iter().map(|e| e.seq));
         for w in up.events.windows(2) {
             if w[1].seq != w[0].seq + 1 {
@@ -238,7 +265,7 @@ async fn events(State(hub): State<Arc<FakeHub>>, headers: HeaderMap, body: Bytes
             "1",
             StatusCode::OK,
             UploadAck {
-                acked_through: h.acked,
+                acked_through: h.acked + h.over_ack,
                 server_time: UtcMillis(now_hub()),
             },
         )
@@ -445,6 +472,184 @@ async fn agent_syncs_with_a_hub_that_speaks_the_protocol() {
         (1..=after_gap.seq).collect::<Vec<_>>()
     );
 
+    agent.shutdown().await;
+    verify(dir.path()).unwrap();
+}
+
+fn quick_config(url: String, dir: &std::path::Path, upload_batch: usize) -> AgentConfig {
+    AgentConfig {
+        store: "S001".parse().unwrap(),
+        hub_url: url,
+        credential: format!("{GATEWAY}.{SECRET}"),
+        data_dir: dir.to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        sync: SyncConfig {
+            long_poll_ms: 10_000,
+            upload_batch,
+            // Backoff tops out at 100 ms, so the slow retry after a refusal is 1 s.
+            backoff_base_ms: 10,
+            backoff_cap_ms: 100,
+            skew_alarm_ms: 60_000,
+        },
+        clock: ClockConfig::default(),
+    }
+}
+
+/// Uploads the hub sees in 1.5 s while the downloader keeps succeeding (which wakes the
+/// uploader out of an ordinary backoff).
+async fn uploads_in_a_while(hub: &FakeHub, first_gtin: u64) -> usize {
+    let before = hub.with(|h| h.uploads.len());
+    for n in 0..5 {
+        hub.push_change(ChangeBody::Price(price(
+            gtin(first_gtin + n),
+            1,
+            100,
+            now_ms() - 1_000,
+        )));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    hub.with(|h| h.uploads.len()) - before
+}
+
+async fn refusals_metric(agent: &AgentHandle) -> u64 {
+    let text = reqwest::get(format!("http://{}/metrics", agent.local_addr()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("aisle_agent_sync_refusals_total "))
+        .unwrap_or_else(|| panic!("no refusals metric in {text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_upload_is_retried_slowly_with_the_link_up() {
+    let (hub, url) = start_fake().await;
+    hub.with(|h| h.upload_status = Some(StatusCode::FORBIDDEN));
+    hub.push_change(ChangeBody::Price(price(gtin(1), 1, 100, now_ms() - 1_000)));
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(quick_config(url, dir.path(), 100), Arc::new(SystemClock))
+        .await
+        .unwrap();
+    let ledger = agent.ledger().clone();
+
+    // 1. 403: the hub answered, so the link is up; the error names the status and the message.
+    eventually("the refusal is reported", async || {
+        agent
+            .sync_status()
+            .last_error
+            .is_some_and(|e| e.contains("403"))
+    })
+    .await;
+    let sent = uploads_in_a_while(&hub, 10).await;
+    assert!(sent <= 3, "{sent} uploads in 1.5 s: not a slow retry");
+    let status = agent.sync_status();
+    assert_eq!(status.link, Link::Up, "{status:?}");
+    let error = status.last_error.unwrap();
+    assert!(
+        error.contains("403") && error.contains("fake hub says forbidden"),
+        "{error}"
+    );
+    assert!(refusals_metric(&agent).await >= 1);
+    assert_eq!(ledger.view().acked_through, 0);
+
+    // Accepted again: the outbox drains at the next slow retry and the error clears.
+    hub.with(|h| h.upload_status = None);
+    eventually("drained after the refusal", async || {
+        let v = ledger.view();
+        v.outbox_depth() == 0 && hub.with(|h| h.acked) == v.last_seq
+    })
+    .await;
+    eventually("error cleared", async || {
+        agent.sync_status().last_error.is_none()
+    })
+    .await;
+
+    // 2. A hub acknowledging seqs this ledger never wrote: the same slow retry, no tight loop.
+    hub.with(|h| h.over_ack = 1_000);
+    let sold = ledger
+        .record_sale(sale("lane-1:1", &[(gtin(1), 1)]))
+        .await
+        .unwrap();
+    eventually("the impossible ack is reported", async || {
+        agent
+            .sync_status()
+            .last_error
+            .is_some_and(|e| e.contains("acknowledged through seq"))
+    })
+    .await;
+    let sent = uploads_in_a_while(&hub, 20).await;
+    assert!(sent <= 3, "{sent} uploads in 1.5 s: not a slow retry");
+    assert_eq!(agent.sync_status().link, Link::Up);
+    assert!(ledger.view().acked_through < sold.seq, "nothing believed");
+    hub.with(|h| h.over_ack = 0);
+    eventually("drained after the confused acks", async || {
+        let v = ledger.view();
+        v.outbox_depth() == 0 && hub.with(|h| h.acked) == v.last_seq
+    })
+    .await;
+    hub.with(|h| assert!(h.disorder.is_empty(), "{:?}", h.disorder));
+
+    agent.shutdown().await;
+    verify(dir.path()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_too_large_for_the_hub_goes_again_in_halves() {
+    let (hub, url) = start_fake().await;
+    // Held off (503) until the outbox is longer than one batch.
+    hub.with(|h| {
+        h.upload_status = Some(StatusCode::SERVICE_UNAVAILABLE);
+        h.max_upload = Some(3);
+    });
+    for n in 1..=6 {
+        hub.push_change(ChangeBody::Price(price(gtin(n), 1, 100, now_ms() - 1_000)));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(quick_config(url, dir.path(), 8), Arc::new(SystemClock))
+        .await
+        .unwrap();
+    let ledger = agent.ledger().clone();
+    eventually("a backlog of 12 events", async || {
+        ledger.view().last_seq >= 12
+    })
+    .await;
+    let from = hub.with(|h| {
+        h.upload_status = None;
+        h.uploads.len()
+    });
+    eventually("drained in smaller uploads", async || {
+        let v = ledger.view();
+        v.outbox_depth() == 0 && hub.with(|h| h.acked) == v.last_seq
+    })
+    .await;
+    let uploads = hub.with(|h| h.uploads[from..].to_vec());
+    let refused: Vec<usize> = (0..uploads.len())
+        .filter(|&i| uploads[i].1 == 413)
+        .collect();
+    assert!(!refused.is_empty(), "no upload was too large: {uploads:?}");
+    for i in refused {
+        let (too_many, _) = uploads[i];
+        let (next, _) = uploads[i + 1];
+        assert!(
+            next <= too_many / 2,
+            "after 413 on {too_many} events the next upload carried {next}: {uploads:?}"
+        );
+    }
+    assert!(
+        uploads.iter().all(|&(n, status)| status != 200 || n <= 3),
+        "{uploads:?}"
+    );
+    hub.with(|h| assert!(h.disorder.is_empty(), "{:?}", h.disorder));
+    let local = ledger.events_after(0, 1_000).await.unwrap();
+    assert_eq!(
+        hub.with(|h| h.stored.values().cloned().collect::<Vec<_>>()),
+        local
+    );
     agent.shutdown().await;
     verify(dir.path()).unwrap();
 }

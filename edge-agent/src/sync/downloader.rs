@@ -6,7 +6,7 @@ use tokio::sync::watch;
 
 use super::backoff::Backoff;
 use super::client::{Answer, SyncError};
-use super::{SyncContext, Task, pause};
+use super::{SyncContext, Task, is_refusal, pause, pause_slow};
 use crate::ledger::Contact;
 
 pub(crate) async fn run(ctx: Arc<SyncContext>, mut shutdown: watch::Receiver<bool>) {
@@ -54,6 +54,16 @@ pub(crate) async fn run(ctx: Arc<SyncContext>, mut shutdown: watch::Receiver<boo
             Err(e @ SyncError::Incompatible { .. }) => {
                 ctx.shared.failed(Task::Download, &e.to_string(), true);
                 ctx.slow_retry()
+            }
+            Err(e) if is_refusal(&e) => {
+                ctx.shared.refused(
+                    Task::Download,
+                    &format!("hub refused the changes after {cursor}: {e}"),
+                );
+                if !pause_slow(ctx.slow_retry(), &mut shutdown).await {
+                    break;
+                }
+                continue;
             }
             Err(e) => {
                 ctx.shared.failed(Task::Download, &e.to_string(), true);

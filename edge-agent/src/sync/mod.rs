@@ -69,6 +69,8 @@ struct LinkState {
 #[derive(Clone, Debug, Default)]
 pub struct SyncMetrics {
     pub errors: Counter,
+    /// Requests the hub answered with a refusal that retrying as-is cannot fix (4xx).
+    pub refusals: Counter,
     pub clock_skew_ms: Gauge,
     pub clock_alarm: Gauge,
     pub link_up: Gauge,
@@ -149,6 +151,28 @@ impl SyncShared {
         }
     }
 
+    /// The hub answered but refused the request in a way retrying cannot fix: the link stays up
+    /// (the hub is there), the refusal is the task's `last_error` and is counted.
+    pub(crate) fn refused(&self, task: Task, error: &str) {
+        self.metrics.errors.inc();
+        self.metrics.refusals.inc();
+        let repeated = self.with_link(|l| {
+            l.order += 1;
+            let repeated = l.errors[task as usize]
+                .as_ref()
+                .is_some_and(|(_, e)| e == error);
+            l.errors[task as usize] = Some((l.order, error.to_string()));
+            l.up = true;
+            repeated
+        });
+        self.metrics.link_up.set(1);
+        if repeated {
+            tracing::debug!(?task, error, "hub still refuses");
+        } else {
+            tracing::warn!(?task, error, "hub refused; retrying slowly");
+        }
+    }
+
     /// Records a measured skew: metric, and the alarm with a log when it changes.
     pub(crate) fn observe_skew(&self, skew_ms: i64) {
         let alarm = skew::alarm(skew_ms, self.skew_alarm_ms);
@@ -223,6 +247,21 @@ impl SyncContext {
                 .saturating_mul(10)
                 .clamp(1_000, 60_000),
         )
+    }
+}
+
+/// Is this answer a refusal that retrying the same request soon cannot fix? Any 4xx the tasks do
+/// not handle themselves (409 seq_gap, 410 cursor_expired and 426 have their own errors).
+fn is_refusal(e: &SyncError) -> bool {
+    matches!(e, SyncError::Refused { status, .. } if (400..500).contains(status))
+}
+
+/// Sleeps for `d` or until shutdown (then returns false). Not cut short by the other task's
+/// success: after a refusal the link is up, and waking on every success would resend at once.
+async fn pause_slow(d: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => true,
+        _ = shutdown.changed() => false,
     }
 }
 
