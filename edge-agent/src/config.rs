@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 /// Largest configuration file we read.
 const MAX_CONFIG_BYTES: u64 = 64 * 1024;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Debug is written by hand so the credential's secret never reaches a log.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
     /// The store this gateway serves.
@@ -27,6 +28,28 @@ pub struct AgentConfig {
     pub sync: SyncConfig,
     #[serde(default)]
     pub clock: ClockConfig,
+}
+
+impl std::fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentConfig")
+            .field("store", &self.store)
+            .field("hub_url", &self.hub_url)
+            .field("credential", &redacted(&self.credential))
+            .field("data_dir", &self.data_dir)
+            .field("listen", &self.listen)
+            .field("sync", &self.sync)
+            .field("clock", &self.clock)
+            .finish()
+    }
+}
+
+/// A credential safe to log: `<gateway_id>.<redacted>` (only `<redacted>` if it has no id part).
+pub(crate) fn redacted(credential: &str) -> String {
+    match credential.split_once('.') {
+        Some((id, _)) if GatewayId::parse(id).is_ok() => format!("{id}.<redacted>"),
+        _ => "<redacted>".to_string(),
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -198,6 +221,21 @@ listen = "127.0.0.1:7401"
         assert_eq!(c.sync.skew_alarm_ms, 300_000);
         assert_eq!(c.clock.offset_ms, 0);
         assert_eq!(c.gateway_id().unwrap().as_str(), "gw-S001-1a2b3c4d");
+    }
+
+    #[test]
+    fn debug_never_shows_the_secret() {
+        let c: AgentConfig = toml::from_str(MINIMAL).unwrap();
+        let secret = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+        for text in [format!("{c:?}"), format!("{c:#?}")] {
+            assert!(!text.contains(secret), "{text}");
+            assert!(!text.contains("00112233"), "{text}");
+            assert!(text.contains("gw-S001-1a2b3c4d.<redacted>"), "{text}");
+            assert!(text.contains("S001") && text.contains("7400"), "{text}");
+        }
+        let mut odd = c.clone();
+        odd.credential = "no-dot-but-secret".into();
+        assert!(!format!("{odd:?}").contains("no-dot-but-secret"));
     }
 
     #[test]

@@ -46,12 +46,26 @@ pub struct Answer<T> {
     pub skew: Option<SkewSample>,
 }
 
-#[derive(Debug, Clone)]
+/// Debug is written by hand so the Authorization header (the gateway's secret) never reaches a
+/// log.
+#[derive(Clone)]
 pub struct HubClient {
     http: reqwest::Client,
     base: String,
     authorization: String,
+    /// The gateway id alone, for Debug.
+    gateway: String,
     local: Arc<dyn WallClock>,
+}
+
+impl std::fmt::Debug for HubClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubClient")
+            .field("base", &self.base)
+            .field("authorization", &format!("Bearer {}", self.gateway))
+            .field("local", &self.local)
+            .finish_non_exhaustive()
+    }
 }
 
 impl HubClient {
@@ -71,6 +85,7 @@ impl HubClient {
             http,
             base: hub_url.trim_end_matches('/').to_string(),
             authorization: format!("Bearer {credential}"),
+            gateway: crate::config::redacted(credential),
             local,
         })
     }
@@ -243,4 +258,29 @@ fn describe(e: &reqwest::Error) -> String {
         src = cause.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::clock::SystemClock;
+
+    #[test]
+    fn debug_never_shows_the_secret() {
+        let secret = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+        let client = HubClient::new(
+            "http://127.0.0.1:7400",
+            &format!("gw-S001-1a2b3c4d.{secret}"),
+            Arc::new(SystemClock),
+        )
+        .unwrap();
+        let text = format!("{client:?}");
+        assert!(!text.contains(secret), "{text}");
+        assert!(
+            text.contains("Bearer gw-S001-1a2b3c4d.<redacted>"),
+            "{text}"
+        );
+        assert!(text.contains("http://127.0.0.1:7400"), "{text}");
+    }
 }
