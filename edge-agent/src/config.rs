@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 
 /// Largest configuration file we read.
 const MAX_CONFIG_BYTES: u64 = 64 * 1024;
+/// The secret half of a credential: 32 random bytes as lowercase hex, as the hub prints it.
+const SECRET_HEX_DIGITS: usize = 64;
 
 /// Debug is written by hand so the credential's secret never reaches a log.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -189,9 +191,21 @@ fn gateway_of(credential: &str) -> Result<GatewayId, String> {
         return Err("credential must look like <gateway_id>.<secret>".into());
     };
     let id = GatewayId::parse(id).map_err(|e| format!("credential: {e}"))?;
-    if secret.is_empty() || secret.len() > 256 || !secret.bytes().all(|b| b.is_ascii_hexdigit()) {
+    // Exactly what the hub accepts (it stores sha256 of the secret as printed).
+    if secret.bytes().any(|b| b.is_ascii_uppercase()) {
         return Err(format!(
-            "credential secret for {id} must be 1 to 256 hex digits"
+            "credential secret for {id} has uppercase letters; the hub accepts only 64 lowercase \
+             hex digits: use the line `aisle-hub gateway add` printed, unchanged"
+        ));
+    }
+    if secret.len() != SECRET_HEX_DIGITS
+        || !secret
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return Err(format!(
+            "credential secret for {id} must be {SECRET_HEX_DIGITS} lowercase hex digits: use the \
+             line `aisle-hub gateway add` printed, unchanged"
         ));
     }
     Ok(id)
@@ -284,5 +298,28 @@ listen = "127.0.0.1:7401"
         assert!(c.validate().is_err());
         c.credential = "no-dot".into();
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn the_secret_must_be_64_lowercase_hex_digits_as_the_hub_printed_it() {
+        let mut c: AgentConfig = toml::from_str(MINIMAL).unwrap();
+        let secret = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+        c.credential = format!("gw-S001-1a2b3c4d.{}", secret.to_uppercase());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("uppercase"), "{e}");
+        assert!(e.contains("64 lowercase hex digits"), "{e}");
+        assert!(e.contains("aisle-hub gateway add"), "{e}");
+        assert!(!e.contains("AABBCCDD"), "the secret is never echoed: {e}");
+        // One uppercase digit is enough to be refused.
+        c.credential = format!("gw-S001-1a2b3c4d.{}F", &secret[..63]);
+        assert!(c.validate().unwrap_err().to_string().contains("uppercase"));
+        // Too short or too long: not what the hub printed either.
+        for bad in [&secret[..62], &format!("{secret}00")[..]] {
+            c.credential = format!("gw-S001-1a2b3c4d.{bad}");
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("64 lowercase hex digits"), "{e}");
+        }
+        c.credential = format!("gw-S001-1a2b3c4d.{secret}");
+        c.validate().unwrap();
     }
 }
