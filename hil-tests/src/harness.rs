@@ -88,6 +88,75 @@ impl HubDb {
         }
         Ok(())
     }
+
+    /// Takes a backup of the hub's database, as HQ's nightly backup would. The hub must be
+    /// stopped (no open connections).
+    pub async fn backup(&self) -> Result<()> {
+        match &self.pg {
+            None => {
+                let path = self.sqlite_path()?;
+                for ext in ["", "-wal"] {
+                    let from = format!("{path}{ext}");
+                    if Path::new(&from).exists() {
+                        std::fs::copy(&from, format!("{path}.bak{ext}"))?;
+                    }
+                }
+                Ok(())
+            }
+            Some(pg) => {
+                let name = pg.name();
+                admin_sql(&format!("DROP DATABASE IF EXISTS {name}_bak")).await?;
+                admin_sql(&format!("CREATE DATABASE {name}_bak TEMPLATE {name}")).await
+            }
+        }
+    }
+
+    /// Puts the last backup back in place of the database (the hub must be stopped).
+    pub async fn restore(&self) -> Result<()> {
+        match &self.pg {
+            None => {
+                let path = self.sqlite_path()?;
+                for ext in ["-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{path}{ext}"));
+                }
+                for ext in ["", "-wal"] {
+                    let from = format!("{path}.bak{ext}");
+                    if Path::new(&from).exists() {
+                        std::fs::copy(&from, format!("{path}{ext}"))?;
+                    }
+                }
+                Ok(())
+            }
+            Some(pg) => {
+                let name = pg.name();
+                admin_sql(&format!("DROP DATABASE {name} WITH (FORCE)")).await?;
+                admin_sql(&format!("CREATE DATABASE {name} TEMPLATE {name}_bak")).await?;
+                admin_sql(&format!("DROP DATABASE {name}_bak")).await
+            }
+        }
+    }
+
+    fn sqlite_path(&self) -> Result<String> {
+        self.url
+            .strip_prefix("sqlite://")
+            .map(str::to_string)
+            .ok_or_else(|| anyhow!("not a SQLite database: {}", self.url))
+    }
+}
+
+/// Runs one statement on the PostgreSQL server the tests use, as its administrator.
+async fn admin_sql(sql: &str) -> Result<()> {
+    let url = std::env::var("AISLE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into());
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+    let task = tokio::spawn(conn);
+    let result = client
+        .batch_execute(sql)
+        .await
+        .with_context(|| sql.to_string());
+    drop(client);
+    let _ = task.await;
+    result
 }
 
 impl std::fmt::Debug for HubDb {

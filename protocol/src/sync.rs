@@ -8,9 +8,11 @@
 //! Down (hub -> gateway): `GET {CHANGES}?after=CURSOR&wait_ms=N&limit=N` long-polls the store's
 //! changefeed. The hub answers a [`ChangePage`] as soon as there is anything after the cursor, or
 //! an empty page when `wait_ms` runs out. Cursors are hub sequence numbers; the hub never hands
-//! out a cursor beyond a change that could still commit below it. A cursor older than what the
-//! hub still holds is answered with HTTP 410 and [`error_code::CURSOR_EXPIRED`]; the gateway then
-//! starts again from cursor 0 (every change is idempotent on the gateway: highest version wins).
+//! out a cursor beyond a change that could still commit below it. A cursor the hub does not hold
+//! (beyond its changefeed: the hub was restored from an older backup) is answered with HTTP 410
+//! and [`error_code::CURSOR_EXPIRED`]; the gateway then starts again from cursor 0 (every change
+//! is idempotent on the gateway: highest version wins) and re-offers its last acknowledged event,
+//! so a hub that lost the gateway's latest events answers 409 [`error_code::SEQ_GAP`] for them.
 //!
 //! Up (gateway -> hub): `POST {EVENTS}` with an [`EventUpload`]: contiguous ledger events in seq
 //! order, starting at or before `acked_through + 1`. The hub stores each under UNIQUE

@@ -7,7 +7,7 @@ use tokio::sync::watch;
 use super::backoff::Backoff;
 use super::client::{Answer, SyncError};
 use super::{SyncContext, Task, is_refusal, pause, pause_slow};
-use crate::ledger::Contact;
+use crate::ledger::{Contact, LedgerError};
 
 pub(crate) async fn run(ctx: Arc<SyncContext>, mut shutdown: watch::Receiver<bool>) {
     let mut backoff = Backoff::new(ctx.config.backoff_base_ms, ctx.config.backoff_cap_ms);
@@ -36,11 +36,12 @@ pub(crate) async fn run(ctx: Arc<SyncContext>, mut shutdown: watch::Receiver<boo
                     }
                 }
             }
-            Err(SyncError::CursorExpired) => match ctx.ledger.reset_cursor().await {
+            Err(SyncError::CursorExpired) => match restart_from_zero(&ctx).await {
                 Ok(()) => {
                     tracing::warn!(
                         cursor,
-                        "hub expired our changefeed cursor; starting again from 0"
+                        "hub does not hold our changefeed cursor (restored from a backup?); \
+                         starting again from 0 and re-offering our last acknowledged event"
                     );
                     quick = true;
                     continue;
@@ -112,4 +113,17 @@ async fn apply(ctx: &SyncContext, ans: Answer<ChangePage>) -> Result<bool, Strin
         );
     }
     Ok(more)
+}
+
+/// After a 410 the hub is not the one that acknowledged our events (it was restored from an
+/// older backup, or replaced). The changefeed starts again from 0, and the last acknowledged event
+/// goes up once more: a hub that still holds it answers the same ack, one that lost it answers
+/// 409 `seq_gap` with the first seq it needs, and the uploader re-sends from there.
+async fn restart_from_zero(ctx: &SyncContext) -> Result<(), LedgerError> {
+    ctx.ledger.reset_cursor().await?;
+    let acked = ctx.ledger.view().acked_through;
+    if acked > 0 {
+        ctx.ledger.resend_from(acked).await?;
+    }
+    Ok(())
 }
