@@ -235,9 +235,18 @@ impl HubProcess {
             .spawn()
             .context("starting aisle-hub")?;
         self.child = Some(Reaped(child));
-        let url = format!("{}/healthz", self.url());
-        let client = reqwest::Client::new();
-        wait_for("the hub's /healthz", Duration::from_secs(20), || async {
+        wait_healthy(&self.url(), "hub", &self.log).await
+    }
+}
+
+/// Waits until the service at `base` answers `/healthz`; on time-out the error names its log.
+async fn wait_healthy(base: &str, what: &str, log: &Path) -> Result<()> {
+    let url = format!("{base}/healthz");
+    let client = reqwest::Client::new();
+    wait_for(
+        &format!("the {what}'s /healthz"),
+        Duration::from_secs(20),
+        || async {
             let ok = client
                 .get(&url)
                 .send()
@@ -245,10 +254,10 @@ impl HubProcess {
                 .map(|r| r.status().is_success())
                 .unwrap_or(false);
             ok.then_some(())
-        })
-        .await
-        .with_context(|| format!("hub log: {}", self.log.display()))
-    }
+        },
+    )
+    .await
+    .with_context(|| format!("{what} log: {}", log.display()))
 }
 
 /// Runs `aisle-hub ARGS --db URL` and returns stdout, failing with stderr on a non-zero exit.
@@ -346,19 +355,7 @@ impl AgentProcess {
             .spawn()
             .context("starting aisle-agent")?;
         self.child = Some(Reaped(child));
-        let url = format!("{}/healthz", self.url());
-        let client = reqwest::Client::new();
-        wait_for("the agent's /healthz", Duration::from_secs(20), || async {
-            let ok = client
-                .get(&url)
-                .send()
-                .await
-                .map(|r| r.status().is_success())
-                .unwrap_or(false);
-            ok.then_some(())
-        })
-        .await
-        .with_context(|| format!("agent log: {}", self.log.display()))
+        wait_healthy(&self.url(), "agent", &self.log).await
     }
 
     pub fn pid(&self) -> Option<u32> {

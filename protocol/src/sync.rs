@@ -217,6 +217,23 @@ pub struct Payment {
     pub reference: Option<String>,
 }
 
+impl Payment {
+    /// Longest payment reference, in characters.
+    pub const MAX_REFERENCE_CHARS: usize = 64;
+
+    /// Checks the parts of a payment a client may send.
+    pub fn validate(&self) -> Result<(), SaleError> {
+        if self
+            .reference
+            .as_ref()
+            .is_some_and(|r| r.chars().count() > Self::MAX_REFERENCE_CHARS)
+        {
+            return Err(SaleError::Reference);
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PaymentMethod {
@@ -276,15 +293,7 @@ impl SaleRecord {
         if sum != self.total.minor {
             return Err(SaleError::Total);
         }
-        if self
-            .payment
-            .reference
-            .as_ref()
-            .is_some_and(|r| r.chars().count() > 64)
-        {
-            return Err(SaleError::Reference);
-        }
-        Ok(())
+        self.payment.validate()
     }
 }
 

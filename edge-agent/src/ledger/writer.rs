@@ -644,15 +644,7 @@ fn check_request(req: &SaleRequest) -> Result<(), SaleError> {
             return Err(SaleError::BadQty { line: i + 1 });
         }
     }
-    if req
-        .payment
-        .reference
-        .as_ref()
-        .is_some_and(|r| r.chars().count() > 64)
-    {
-        return Err(SaleError::Reference);
-    }
-    Ok(())
+    req.payment.validate()
 }
 
 /// Is a committed sale the same request as `req` (same lines in the same order, same payment)?
