@@ -41,7 +41,7 @@ CREATE TABLE IF NOT EXISTS stock (
 
 CREATE TABLE IF NOT EXISTS sales (
     sale_id     TEXT    PRIMARY KEY,
-    seq         INTEGER NOT NULL UNIQUE,      -- the SaleCommitted event
+    seq         INTEGER NOT NULL,             -- the SaleCommitted event (events.seq is its key)
     at          INTEGER NOT NULL,
     total_minor INTEGER NOT NULL,
     currency    TEXT    NOT NULL
