@@ -649,6 +649,23 @@ pub(crate) enum SideEffect<'a> {
     None,
 }
 
+/// A page from up to `limit + 1` changes read after `cursor`: the extra row only says there is more.
+pub(crate) fn page_of(
+    mut changes: Vec<aisle_protocol::sync::Change>,
+    cursor: u64,
+    limit: u32,
+) -> ChangePage {
+    let more = changes.len() > limit as usize;
+    changes.truncate(limit as usize);
+    let next_cursor = changes.last().map_or(cursor, |c| c.seq);
+    ChangePage {
+        changes,
+        next_cursor,
+        more,
+        server_time: now(),
+    }
+}
+
 pub(crate) fn side_effect(body: &EventBody) -> SideEffect<'_> {
     match body {
         EventBody::SaleCommitted(sale) => SideEffect::Sale(sale),

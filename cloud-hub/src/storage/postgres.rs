@@ -25,8 +25,8 @@ use super::{
     CompactionReport, GatewayCredential, HubStorage, NewStockAdjustment, NewStore, SCHEMA_VERSION,
     SalesPage, SalesSince, SideEffect, StockLevel, StorageError, Store, StoreProgress,
     adjustment_delta_key, check_batch_against_stores, decode_change, decode_sale, encode_json,
-    hashes_equal, new_batch_id, now, parse_currency, parse_gtin, parse_store_id, redact_url,
-    sale_delta_key, side_effect, split_upload, to_i64, to_u64, validate_upload,
+    hashes_equal, new_batch_id, now, page_of, parse_currency, parse_gtin, parse_store_id,
+    redact_url, sale_delta_key, side_effect, split_upload, to_i64, to_u64, validate_upload,
 };
 use crate::changefeed::{ChangeFeed, ChangeSubscription, NOTIFY_CHANNEL, PgChangeListener};
 use crate::price_batch::{BatchStores, PriceBatch};
@@ -508,15 +508,7 @@ impl HubStorage for PgStorage {
                 changes.push(decode_change(seq, body)?);
             }
         }
-        let more = changes.len() > limit as usize;
-        changes.truncate(limit as usize);
-        let next_cursor = changes.last().map_or(cursor, |c| c.seq);
-        Ok(ChangePage {
-            changes,
-            next_cursor,
-            more,
-            server_time: now(),
-        })
+        Ok(page_of(changes, cursor, limit))
     }
 
     async fn ingest_events(
