@@ -2,15 +2,15 @@
 //! PostgreSQL (a fresh random database per test on the server at AISLE_TEST_POSTGRES_URL).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use aisle_hub::price_batch::{BatchStores, ItemOrigin, PriceBatch, PriceItem};
 use aisle_hub::storage::{
-    self, AuthenticatedGateway, GatewayCredential, HubStorage, NewStockAdjustment, NewStore,
-    SalesSince, StorageError,
+    self, AuthenticatedGateway, BatchReceipt, GatewayCredential, HubStorage, NewStockAdjustment,
+    NewStore, SalesSince, StorageError,
 };
 use aisle_hub::testsupport::TempPostgres;
 use aisle_protocol::sync::{
@@ -132,6 +132,29 @@ fn activated(seq: u64, batch: &BatchId, n: u64) -> LedgerEvent {
 }
 
 /// (gtin, version) of every price change of `store`, read from cursor 0.
+/// The versions the hub should have issued, by its rule: each batch gives an item
+/// max(previous version + 1, the batch's creation time in ms), so a hub restored from an older
+/// backup never repeats a version its stores already hold.
+#[derive(Default)]
+struct VersionModel(HashMap<(StoreId, Gtin), Vec<u64>>);
+
+impl VersionModel {
+    fn record(&mut self, r: &BatchReceipt, items: &[u64]) {
+        for s in &r.stores {
+            for n in items {
+                let issued = self.0.entry((s.clone(), g(*n))).or_default();
+                let floor = u64::try_from(r.created_at.0).unwrap();
+                issued.push(issued.last().map_or(floor, |v| (v + 1).max(floor)));
+            }
+        }
+    }
+
+    /// The `k`-th version (1-based) issued for product `n` at `store`.
+    fn nth(&self, store: &StoreId, n: u64, k: usize) -> u64 {
+        self.0[&(store.clone(), g(n))][k - 1]
+    }
+}
+
 async fn price_versions(db: &Db, store: &StoreId) -> Vec<(Gtin, u64)> {
     let page = db.changes_after(store, 0, 5_000).await.unwrap();
     page.changes
@@ -232,10 +255,12 @@ async fn stores_gateways_and_auth(db: Db) {
 async fn price_versions_rise_per_store_and_gtin(db: Db) {
     let s1 = add_store(&db, "S001").await;
     let s2 = add_store(&db, "S002").await;
+    let mut m = VersionModel::default();
     let r1 = db
         .create_price_batch(&batch(only(&["S001"]), &[(1, 100), (2, 200)]))
         .await
         .unwrap();
+    m.record(&r1, &[1, 2]);
     assert_eq!(r1.stores, vec![s1.clone()]);
     assert_eq!(r1.items, 2);
     assert_eq!(r1.effective_at, r1.created_at, "effective_at absent -> now");
@@ -243,6 +268,7 @@ async fn price_versions_rise_per_store_and_gtin(db: Db) {
         .create_price_batch(&batch(BatchStores::All, &[(1, 110)]))
         .await
         .unwrap();
+    m.record(&r2, &[1]);
     assert_eq!(
         r2.stores,
         vec![s1.clone(), s2.clone()],
@@ -258,16 +284,26 @@ async fn price_versions_rise_per_store_and_gtin(db: Db) {
     )
     .unwrap();
     let r3 = db.create_price_batch(&b3).await.unwrap();
+    m.record(&r3, &[1, 3]);
     assert_eq!(r3.effective_at, at);
 
     assert_eq!(
         price_versions(&db, &s1).await,
-        vec![(g(1), 1), (g(2), 1), (g(1), 2)]
+        vec![
+            (g(1), m.nth(&s1, 1, 1)),
+            (g(2), m.nth(&s1, 2, 1)),
+            (g(1), m.nth(&s1, 1, 2))
+        ]
     );
     assert_eq!(
         price_versions(&db, &s2).await,
-        vec![(g(1), 1), (g(1), 2), (g(3), 1)]
+        vec![
+            (g(1), m.nth(&s2, 1, 1)),
+            (g(1), m.nth(&s2, 1, 2)),
+            (g(3), m.nth(&s2, 3, 1))
+        ]
     );
+    assert!(m.nth(&s1, 1, 2) > m.nth(&s1, 1, 1));
     let page = db.changes_after(&s2, 0, 10).await.unwrap();
     match &page.changes[2].body {
         ChangeBody::Price(p) => {
@@ -306,11 +342,16 @@ async fn price_versions_rise_per_store_and_gtin(db: Db) {
         db.changes_after(&s1, 0, 100).await.unwrap().changes.len(),
         before
     );
-    // ...and did not consume a version: the next batch is still previous + 1.
-    db.create_price_batch(&batch(only(&["S001"]), &[(1, 130)]))
+    // ...and did not consume a version: the next batch follows the rule from the last one stored.
+    let r4 = db
+        .create_price_batch(&batch(only(&["S001"]), &[(1, 130)]))
         .await
         .unwrap();
-    assert_eq!(price_versions(&db, &s1).await.last(), Some(&(g(1), 3)));
+    m.record(&r4, &[1]);
+    assert_eq!(
+        price_versions(&db, &s1).await.last(),
+        Some(&(g(1), m.nth(&s1, 1, 3)))
+    );
 }
 
 async fn changes_after_pages_and_limits(db: Db) {
@@ -704,17 +745,24 @@ async fn compaction_and_cursor_expiry(db: Db) {
     )
     .await
     .unwrap();
-    db.create_price_batch(&batch(only(&["S001"]), &[(1, 100), (2, 200)]))
+    let mut m = VersionModel::default();
+    let r = db
+        .create_price_batch(&batch(only(&["S001"]), &[(1, 100), (2, 200)]))
         .await
         .unwrap();
-    db.create_price_batch(&batch(only(&["S002"]), &[(1, 100)]))
+    m.record(&r, &[1, 2]);
+    let r = db
+        .create_price_batch(&batch(only(&["S002"]), &[(1, 100)]))
         .await
         .unwrap();
+    m.record(&r, &[1]);
     let v1 = db.changes_after(&s1, 0, 100).await.unwrap();
     let caught_up = v1.next_cursor;
-    db.create_price_batch(&batch(only(&["S001"]), &[(1, 110)]))
+    let r = db
+        .create_price_batch(&batch(only(&["S001"]), &[(1, 110)]))
         .await
         .unwrap();
+    m.record(&r, &[1]);
 
     let report = db.compact().await.unwrap();
     assert_eq!(report.removed, 1, "only S001's superseded v1 of product 1");
@@ -734,15 +782,21 @@ async fn compaction_and_cursor_expiry(db: Db) {
                 break;
             }
         }
-        assert!(seen.contains(&(g(1), 2)), "from cursor {start}: {seen:?}");
         assert!(
-            !seen.contains(&(g(1), 1)),
+            seen.contains(&(g(1), m.nth(&s1, 1, 2))),
+            "from cursor {start}: {seen:?}"
+        );
+        assert!(
+            !seen.contains(&(g(1), m.nth(&s1, 1, 1))),
             "from cursor {start}: superseded version served"
         );
     }
     let fresh = db.changes_after(&s1, 0, 100).await.unwrap();
     assert_eq!(fresh.changes.len(), 3);
-    assert_eq!(price_versions(&db, &s1).await, vec![(g(2), 1), (g(1), 2)]);
+    assert_eq!(
+        price_versions(&db, &s1).await,
+        vec![(g(2), m.nth(&s1, 2, 1)), (g(1), m.nth(&s1, 1, 2))]
+    );
     // A cursor beyond the head (a hub restored from an older backup) must start again from 0.
     match db.changes_after(&s1, fresh.next_cursor + 100, 100).await {
         Err(e @ StorageError::CursorAhead { .. }) => {
@@ -751,7 +805,10 @@ async fn compaction_and_cursor_expiry(db: Db) {
         other => panic!("{other:?}"),
     }
     // The other store was not touched.
-    assert_eq!(price_versions(&db, &s2).await, vec![(g(1), 1)]);
+    assert_eq!(
+        price_versions(&db, &s2).await,
+        vec![(g(1), m.nth(&s2, 1, 1))]
+    );
 }
 
 async fn two_gateways_may_reuse_a_sale_id(db: Db) {

@@ -488,9 +488,12 @@ async fn hub_restored_from_an_older_backup(backend: Backend) -> Result<()> {
         ids,
         BTreeSet::from(["before-backup".to_string(), "after-backup".to_string()])
     );
-    // And the changefeed flows again.
-    vs.push_prices(&[(&c, 300)], None).await?;
+    // And the changefeed flows again, including a new price for a product whose last price the
+    // hub lost: its version must not repeat one the store already holds, or the store would
+    // ignore it (highest version wins).
+    vs.push_prices(&[(&c, 300), (&b, 250)], None).await?;
     api.wait_price(&c, 300, SYNC).await?;
+    api.wait_price(&b, 250, SYNC).await?;
     vs.agent.verify_ledger()?;
     vs.finish().await
 }

@@ -384,7 +384,7 @@ pub trait HubStorage: Send + Sync + fmt::Debug {
     /// Revokes a gateway: its credential stops working at once.
     async fn revoke_gateway(&self, gateway: &GatewayId) -> Result<(), StorageError>;
 
-    /// Stores a batch: for each store and item, version = previous + 1 and one price change.
+    /// Stores a batch: for each store and item, version = max(previous + 1, creation time in ms) and one price change.
     async fn create_price_batch(&self, batch: &PriceBatch) -> Result<BatchReceipt, StorageError>;
 
     async fn batch_progress(&self, batch: &BatchId) -> Result<BatchProgress, StorageError>;
@@ -647,6 +647,14 @@ pub(crate) enum SideEffect<'a> {
         kind: &'static str,
     },
     None,
+}
+
+/// The lowest version a price batch created at `created_at` may give a (store, GTIN): its
+/// creation time in milliseconds. Versions still rise by at least one per batch, and a hub
+/// restored from an older backup never hands out again a version its stores already hold
+/// (they would ignore it: highest version wins), because its clock has moved on since.
+pub(crate) fn version_floor(created_at: UtcMillis) -> i64 {
+    created_at.0.max(1)
 }
 
 /// A page from up to `limit + 1` changes read after `cursor`: the extra row only says there is more.

@@ -27,6 +27,7 @@ use super::{
     adjustment_delta_key, check_batch_against_stores, decode_change, decode_sale, encode_json,
     hashes_equal, new_batch_id, now, page_of, parse_currency, parse_gtin, parse_store_id,
     redact_url, sale_delta_key, side_effect, split_upload, to_i64, to_u64, validate_upload,
+    version_floor,
 };
 use crate::changefeed::{ChangeFeed, ChangeSubscription, NOTIFY_CHANNEL, PgChangeListener};
 use crate::price_batch::{BatchStores, PriceBatch};
@@ -333,10 +334,10 @@ impl HubStorage for PgStorage {
         let upsert = tx
             .prepare(
                 "INSERT INTO prices AS p (store_id, gtin, version, price_minor, currency, name, batch_id, effective_at)
-                 SELECT $1, t.gtin, 1, t.minor, t.currency, t.name, $6, $7
+                 SELECT $1, t.gtin, $8, t.minor, t.currency, t.name, $6, $7
                    FROM unnest($2::text[], $3::int8[], $4::text[], $5::text[]) AS t(gtin, minor, currency, name)
                  ON CONFLICT (store_id, gtin) DO UPDATE SET
-                     version = p.version + 1, price_minor = excluded.price_minor,
+                     version = GREATEST(p.version + 1, excluded.version), price_minor = excluded.price_minor,
                      currency = excluded.currency, name = excluded.name,
                      batch_id = excluded.batch_id, effective_at = excluded.effective_at
                  RETURNING gtin, version",
@@ -367,6 +368,7 @@ impl HubStorage for PgStorage {
                         &names,
                         &batch_id.as_str(),
                         &effective_at.0,
+                        &version_floor(created_at),
                     ],
                 )
                 .await?;

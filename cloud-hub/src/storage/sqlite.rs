@@ -23,7 +23,7 @@ use super::{
     SalesPage, SalesSince, SideEffect, StockLevel, StorageError, Store, StoreProgress,
     adjustment_delta_key, check_batch_against_stores, decode_change, decode_sale, encode_json,
     hashes_equal, new_batch_id, now, page_of, parse_currency, parse_gtin, parse_store_id,
-    sale_delta_key, side_effect, split_upload, to_i64, to_u64, validate_upload,
+    sale_delta_key, side_effect, split_upload, to_i64, to_u64, validate_upload, version_floor,
 };
 use crate::changefeed::{ChangeFeed, ChangeSubscription};
 use crate::price_batch::PriceBatch;
@@ -245,11 +245,12 @@ fn insert_price_batch(
         let mut batch_store = tx.prepare(
             "INSERT INTO price_batch_stores (batch_id, store_id, items) VALUES (?1, ?2, ?3)",
         )?;
+        // Versions never repeat one issued before a restore from backup (see `version_floor`).
         let mut upsert = tx.prepare(
             "INSERT INTO prices (store_id, gtin, version, price_minor, currency, name, batch_id, effective_at)
-             VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6, ?7)
+             VALUES (?1, ?2, ?8, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT (store_id, gtin) DO UPDATE SET
-                 version = version + 1, price_minor = excluded.price_minor,
+                 version = MAX(version + 1, excluded.version), price_minor = excluded.price_minor,
                  currency = excluded.currency, name = excluded.name,
                  batch_id = excluded.batch_id, effective_at = excluded.effective_at
              RETURNING version",
@@ -269,7 +270,8 @@ fn insert_price_batch(
                         item.price.currency.code(),
                         item.name,
                         batch_id.as_str(),
-                        effective_at.0
+                        effective_at.0,
+                        version_floor(created_at)
                     ],
                     |r| r.get(0),
                 )?;
