@@ -405,34 +405,22 @@ async fn tokens_and_store_boundaries_are_enforced() {
             .status(),
         StatusCode::OK
     );
-    check(
-        hub.req(Method::GET, "/v1/stores/S002/stock", Some(&hub.gw))
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::FORBIDDEN,
-        "forbidden",
-    )
-    .await;
-    check(
-        hub.req(Method::GET, "/v1/stores/S002/sales", Some(&hub.gw))
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::FORBIDDEN,
-        "forbidden",
-    )
-    .await;
-    // Not even whether another store exists.
-    check(
-        hub.req(Method::GET, "/v1/stores/S999/sales", Some(&hub.gw))
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::FORBIDDEN,
-        "forbidden",
-    )
-    .await;
+    // Another store's data, and not even whether another store exists.
+    for path in [
+        "/v1/stores/S002/stock",
+        "/v1/stores/S002/sales",
+        "/v1/stores/S999/sales",
+    ] {
+        check(
+            hub.req(Method::GET, path, Some(&hub.gw))
+                .send()
+                .await
+                .unwrap(),
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        )
+        .await;
+    }
     // A forged secret for a real gateway id; the HQ token on the sync API.
     let (id, _) = hub.gw.rsplit_once('.').unwrap();
     check(
