@@ -87,6 +87,10 @@ string_id!(
     /// A price batch at the hub.
     BatchId, "batch id", 64, "-_"
 );
+string_id!(
+    /// An online order for pickup, as the shop's order system names it (`web-10042`).
+    OrderId, "order id", 64, "-_.:"
+);
 
 /// A globally unique event id: 128 bits, written as 32 lowercase hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

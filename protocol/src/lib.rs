@@ -12,16 +12,18 @@ extern crate std;
 
 pub mod chain;
 pub mod error;
+pub mod esl;
 pub mod gtin;
 pub mod hlc;
 pub mod ids;
 pub mod money;
+pub mod pickup;
 pub mod sync;
 pub mod time;
 
 pub use error::ProtocolError;
 pub use gtin::Gtin;
 pub use hlc::{Hlc, HlcClock};
-pub use ids::{BatchId, EventId, GatewayId, SaleId, StoreId};
+pub use ids::{BatchId, EventId, GatewayId, OrderId, SaleId, StoreId};
 pub use money::{Currency, Money};
 pub use time::UtcMillis;

@@ -24,7 +24,7 @@ use alloc::vec::Vec;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{BatchId, EventId, Gtin, Hlc, Money, SaleId, UtcMillis};
+use crate::{BatchId, EventId, Gtin, Hlc, Money, OrderId, SaleId, UtcMillis};
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -109,6 +109,12 @@ pub struct Change {
 pub enum ChangeBody {
     Price(PriceChange),
     StockAdjustment(StockAdjustment),
+    /// An order for the store to prepare for pickup.
+    PickupOrder(crate::pickup::PickupOrder),
+    /// HQ cancelled an order; the store applies it or reports a conflict.
+    PickupCancelled(crate::pickup::PickupCancellation),
+    /// The hub's public key for pickup QR tokens.
+    PickupKey(crate::pickup::PickupKey),
 }
 
 /// A new price for one product at one store. Versions rise per (store, GTIN); highest wins.
@@ -176,6 +182,46 @@ pub enum EventBody {
         gtin: Gtin,
         delta: i64,
     },
+    /// Visitors through one entrance in one closed 15-minute interval, from the store's
+    /// people-counting cameras. Intervals are additive: a late reading for an interval already
+    /// reported arrives as another event for the same `(zone, start)`, and HQ sums them.
+    FootfallCounted(FootfallInterval),
+    /// The store holds a pickup order (status `sent_to_store` at HQ).
+    PickupReceived { order_id: OrderId },
+    /// Staff started picking an order.
+    PickupPicking { order_id: OrderId, staff: String },
+    /// The order waits in the pickup area at `location`; `missing` lines could not be picked.
+    PickupReady {
+        order_id: OrderId,
+        location: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        missing: Vec<Gtin>,
+    },
+    /// The shopper collected the order; committed before staff were told to hand it over.
+    PickupCollected {
+        order_id: OrderId,
+        device: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        staff: Option<String>,
+        method: crate::pickup::RedeemMethod,
+        /// Some lines were missing at ready time.
+        partial: bool,
+    },
+    /// HQ's cancellation reached the store before any collection: the order is cancelled.
+    PickupCancelApplied {
+        order_id: OrderId,
+        cancel_id: EventId,
+    },
+    /// HQ's cancellation reached the store after the order was collected: the collection
+    /// stands, and HQ must settle it.
+    PickupCancelConflict {
+        order_id: OrderId,
+        cancel_id: EventId,
+        collected_at: UtcMillis,
+        collected_by: String,
+    },
+    /// The order passed its expiry uncollected (store's hub-corrected time).
+    PickupExpired { order_id: OrderId },
 }
 
 impl EventBody {
@@ -186,6 +232,14 @@ impl EventBody {
             EventBody::PriceActivated { .. } => "price_activated",
             EventBody::SaleCommitted(_) => "sale_committed",
             EventBody::StockAdjusted { .. } => "stock_adjusted",
+            EventBody::FootfallCounted(_) => "footfall_counted",
+            EventBody::PickupReceived { .. } => "pickup_received",
+            EventBody::PickupPicking { .. } => "pickup_picking",
+            EventBody::PickupReady { .. } => "pickup_ready",
+            EventBody::PickupCollected { .. } => "pickup_collected",
+            EventBody::PickupCancelApplied { .. } => "pickup_cancel_applied",
+            EventBody::PickupCancelConflict { .. } => "pickup_cancel_conflict",
+            EventBody::PickupExpired { .. } => "pickup_expired",
         }
     }
 }
@@ -297,6 +351,76 @@ impl SaleRecord {
     }
 }
 
+/// Length of one footfall interval: 15 minutes, aligned to the UTC quarter hour.
+pub const FOOTFALL_INTERVAL_MS: i64 = 15 * 60 * 1000;
+/// Longest entrance-zone or camera name in a footfall event.
+pub const MAX_FOOTFALL_NAME_CHARS: usize = 64;
+/// Most cameras one footfall event may name as missing.
+pub const MAX_FOOTFALL_CAMERAS: usize = 64;
+/// Most people one entrance may count in one interval: 120 per minute for 15 minutes on each
+/// of [`MAX_FOOTFALL_CAMERAS`] counting lines. Anything above is a broken counter.
+pub const MAX_FOOTFALL_VISITORS: u64 = 120 * 15 * MAX_FOOTFALL_CAMERAS as u64;
+
+/// People counted through one entrance zone in `[start, start + 15 min)`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FootfallInterval {
+    /// The entrance as the store names it; cameras on one entrance are summed.
+    pub zone: String,
+    pub start: UtcMillis,
+    pub end: UtcMillis,
+    /// People who came in.
+    pub entered: u64,
+    /// People who went out.
+    pub exited: u64,
+    /// The latest people-inside estimate a camera of the zone gave in the interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub occupancy: Option<u64>,
+    /// Cameras of the zone that were offline or silent for part of the interval: their share is
+    /// missing data, not zero visitors. Empty when every camera reported throughout.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cameras_missing: Vec<String>,
+}
+
+/// Why a [`FootfallInterval`] is not acceptable.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FootfallEventError {
+    #[error("zone name must be 1 to {MAX_FOOTFALL_NAME_CHARS} characters")]
+    ZoneName,
+    #[error("interval must start on a UTC quarter hour and last exactly 15 minutes")]
+    Interval,
+    #[error("more than {MAX_FOOTFALL_VISITORS} people in one interval")]
+    TooMany,
+    #[error(
+        "at most {MAX_FOOTFALL_CAMERAS} missing cameras, each named in 1 to {MAX_FOOTFALL_NAME_CHARS} characters"
+    )]
+    Cameras,
+}
+
+impl FootfallInterval {
+    /// Checks bounds and alignment (the hub re-checks what gateways send).
+    pub fn validate(&self) -> Result<(), FootfallEventError> {
+        let name_ok = |n: &str| !n.is_empty() && n.chars().count() <= MAX_FOOTFALL_NAME_CHARS;
+        if !name_ok(&self.zone) {
+            return Err(FootfallEventError::ZoneName);
+        }
+        if self.start.0.rem_euclid(FOOTFALL_INTERVAL_MS) != 0
+            || self.end.0.checked_sub(self.start.0) != Some(FOOTFALL_INTERVAL_MS)
+        {
+            return Err(FootfallEventError::Interval);
+        }
+        let over = |n: Option<u64>| n.is_some_and(|n| n > MAX_FOOTFALL_VISITORS);
+        if over(Some(self.entered)) || over(Some(self.exited)) || over(self.occupancy) {
+            return Err(FootfallEventError::TooMany);
+        }
+        if self.cameras_missing.len() > MAX_FOOTFALL_CAMERAS
+            || !self.cameras_missing.iter().all(|c| name_ok(c))
+        {
+            return Err(FootfallEventError::Cameras);
+        }
+        Ok(())
+    }
+}
+
 /// Answer to an upload: every event with seq <= `acked_through` is stored at the hub.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UploadAck {
@@ -393,5 +517,54 @@ mod tests {
     fn unknown_payment_fields_and_methods_are_refused() {
         assert!(serde_json::from_str::<Payment>(r#"{"method":"card","pin":"1234"}"#).is_err());
         assert!(serde_json::from_str::<Payment>(r#"{"method":"iou"}"#).is_err());
+    }
+
+    fn footfall() -> FootfallInterval {
+        FootfallInterval {
+            zone: "Main entrance".to_string(),
+            start: UtcMillis(FOOTFALL_INTERVAL_MS * 1_000),
+            end: UtcMillis(FOOTFALL_INTERVAL_MS * 1_001),
+            entered: 12,
+            exited: 9,
+            occupancy: None,
+            cameras_missing: vec![],
+        }
+    }
+
+    #[test]
+    fn footfall_event_validates_bounds_and_alignment() {
+        assert_eq!(footfall().validate(), Ok(()));
+        let body = EventBody::FootfallCounted(footfall());
+        assert_eq!(body.kind(), "footfall_counted");
+        let json = serde_json::to_string(&body).unwrap();
+        assert!(
+            json.starts_with(r#"{"type":"footfall_counted","zone":"Main entrance""#),
+            "{json}"
+        );
+        assert!(
+            !json.contains("cameras_missing"),
+            "empty list omitted: {json}"
+        );
+        assert_eq!(serde_json::from_str::<EventBody>(&json).unwrap(), body);
+
+        let mut f = footfall();
+        f.start.0 += 1;
+        f.end.0 += 1;
+        assert_eq!(f.validate(), Err(FootfallEventError::Interval));
+        let mut f = footfall();
+        f.end.0 += FOOTFALL_INTERVAL_MS;
+        assert_eq!(f.validate(), Err(FootfallEventError::Interval));
+        let mut f = footfall();
+        f.zone.clear();
+        assert_eq!(f.validate(), Err(FootfallEventError::ZoneName));
+        let mut f = footfall();
+        f.entered = MAX_FOOTFALL_VISITORS + 1;
+        assert_eq!(f.validate(), Err(FootfallEventError::TooMany));
+        let mut f = footfall();
+        f.occupancy = Some(u64::MAX);
+        assert_eq!(f.validate(), Err(FootfallEventError::TooMany));
+        let mut f = footfall();
+        f.cameras_missing = vec![String::new()];
+        assert_eq!(f.validate(), Err(FootfallEventError::Cameras));
     }
 }
