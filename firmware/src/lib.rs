@@ -1,44 +1,40 @@
-//! Shelf-label tag and access-point firmware logic, `no_std`, generic over embedded-hal 1.0.
+//! Shelf-label tag firmware logic: `no_std`, no allocator, generic over embedded-hal 1.0.
 //!
-//! This crate starts with the panel geometry the rest of the system plans against; the tag's
-//! frame handling, layout renderer and SSD1680-class e-paper driver arrive with the shelf-label
-//! work (issue 3). It imports only `aisle-protocol`.
+//! ```text
+//! radio bytes ──▶ Tag::receive ──▶ reply frame (Ack naming the seq, with the status)
+//!                    │ Effect::Redraw(refresh)
+//!                    ▼
+//!                 Tag::render ──▶ FrameBuffer (static layer + dynamic fields) ──▶ Ssd1680::update
+//!                                                                                    │
+//!                 Tag::refreshed ◀── ok / fault ─────────────────────────────────────┘
+//! ```
+//!
+//! * [`tag`]: the tag's state machine. Pure: bytes in, bytes out, no clock, no I/O.
+//! * [`render`]: draws a label: the cached static layer, then the dynamic fields in the
+//!   panel's boxes ([`Panel::layout`]) with the firmware's own [`digits`].
+//! * [`framebuffer`]: the frame buffer in the panel's native layout, an embedded-graphics
+//!   `DrawTarget` in label coordinates.
+//! * [`ssd1680`]: the SSD1680-class e-paper driver over `SpiDevice`, `OutputPin`, `InputPin`,
+//!   `DelayNs`.
+//!
+//! No allocator: every buffer (frame buffer, layer cache, reply) is the caller's or a fixed
+//! array. `aisle-protocol` links `alloc` for the gateway's conveniences, so a tag binary still
+//! names a `#[global_allocator]`; the tag paths never call it, and one that fails every request
+//! is enough.
 #![no_std]
 #![forbid(unsafe_code)]
 
-/// The e-paper panels a tag may carry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Panel {
-    /// 2.9", 296 x 128, black/white.
-    Bw290,
-    /// 2.9", 296 x 128, black/white/red.
-    Bwr290,
-    /// 4.2", 400 x 300, black/white/red.
-    Bwr420,
-}
+pub mod digits;
+pub mod framebuffer;
+pub mod render;
+pub mod ssd1680;
+pub mod tag;
 
-impl Panel {
-    pub const fn size(self) -> (u16, u16) {
-        match self {
-            Panel::Bw290 | Panel::Bwr290 => (296, 128),
-            Panel::Bwr420 => (400, 300),
-        }
-    }
-
-    /// Colour planes: 1 for black/white, 2 for black/white/red.
-    pub const fn planes(self) -> u8 {
-        match self {
-            Panel::Bw290 => 1,
-            Panel::Bwr290 | Panel::Bwr420 => 2,
-        }
-    }
-
-    /// Bytes of one full frame buffer (1 bit per pixel per plane, rows padded to whole bytes).
-    pub const fn frame_bytes(self) -> usize {
-        let (w, h) = self.size();
-        (w as usize).div_ceil(8) * h as usize * self.planes() as usize
-    }
-}
+pub use aisle_protocol::esl::Panel;
+pub use framebuffer::{FrameBuffer, LabelColor};
+pub use render::render_label;
+pub use ssd1680::{Refresh, Ssd1680};
+pub use tag::{Effect, Sensors, Tag, TagConfig};
 
 #[cfg(test)]
 mod tests {
@@ -49,6 +45,7 @@ mod tests {
         // shared/vectors/README.md: a 2.9" 296x128 tag is 4736 bytes at 1 bpp, 9472 at 2 bpp.
         assert_eq!(Panel::Bw290.frame_bytes(), 4736);
         assert_eq!(Panel::Bwr290.frame_bytes(), 9472);
+        assert_eq!(Panel::Bw420.frame_bytes(), 15000);
         assert_eq!(Panel::Bwr420.frame_bytes(), 30000);
     }
 }
