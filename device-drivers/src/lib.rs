@@ -2,11 +2,14 @@
 //! the edge. Everything that parses device bytes is a pure function or state machine here, so it
 //! can be tested with published vectors and fuzzed without hardware.
 //!
-//! Today: serial line settings and the suffix framer every serial scanner and scale sits on, and
-//! the people-counting camera parsers with their footfall normaliser ([`footfall`], issue 6).
-//! Scanner, scale and access-point drivers build on the framer (issues 3 and 4).
+//! Today: serial line settings and the suffix framer every serial scanner and scale sits on, the
+//! people-counting camera parsers with their footfall normaliser ([`footfall`], issue 6), and the
+//! shelf-label pieces of the gateway ([`esl`], issue 3): the static-layer renderer and the
+//! access-point link with its serial driver. [`backoff`] paces every device reconnect.
 #![forbid(unsafe_code)]
 
+pub mod backoff;
+pub mod esl;
 pub mod footfall;
 pub mod framing;
 

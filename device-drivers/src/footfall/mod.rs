@@ -9,6 +9,7 @@
 pub mod axis;
 pub mod hikvision;
 pub mod normalise;
+pub mod presence;
 pub mod xovis;
 
 mod privacy;
@@ -17,8 +18,10 @@ mod time_text;
 use aisle_protocol::UtcMillis;
 
 pub use normalise::{
-    Counted, EntranceZone, FootfallConfig, FootfallCounter, Outcome, ZoneInterval, ZoneMap,
+    Counted, CounterSnapshot, EntranceZone, FootfallConfig, FootfallCounter, Outcome, ZoneInterval,
+    ZoneMap,
 };
+pub use presence::{CameraPresence, CameraStatus, PresenceChange};
 pub use xovis::{XovisConfig, XovisValues};
 
 /// Default bound on one camera payload. Count messages are a few hundred bytes; anything near
@@ -27,7 +30,10 @@ pub const DEFAULT_MAX_PAYLOAD: usize = 16 * 1024;
 
 /// The camera as the store configured it (from the MQTT topic or the HTTP push URL), not as the
 /// payload names itself: a payload cannot choose which entrance it counts for.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct CameraId(pub String);
 
 impl CameraId {
@@ -43,7 +49,9 @@ impl std::fmt::Display for CameraId {
 }
 
 /// People through a counting line: `entered` the shop and `exited` it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct Counts {
     pub entered: u64,
     pub exited: u64,

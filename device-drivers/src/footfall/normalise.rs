@@ -40,6 +40,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use aisle_protocol::UtcMillis;
+use serde::{Deserialize, Serialize};
 
 use super::{CameraId, CameraReading, Counts, FootfallError, ReadingKind};
 
@@ -52,7 +53,8 @@ const MAX_REMEMBERED: usize = 4096;
 
 /// An entrance as the shop names it ("Main entrance", "Car park door"); cameras on the same
 /// entrance are summed into it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct EntranceZone(pub String);
 
 impl EntranceZone {
@@ -94,6 +96,30 @@ impl ZoneMap {
     pub fn zone_of(&self, camera: &CameraId, line: Option<&str>) -> Option<&EntranceZone> {
         line.and_then(|l| self.lines.get(&(camera.clone(), l.to_owned())))
             .or_else(|| self.cameras.get(camera))
+    }
+
+    /// Every zone a camera or line counts for, sorted, each once.
+    pub fn zones(&self) -> Vec<EntranceZone> {
+        let set: BTreeSet<&EntranceZone> =
+            self.cameras.values().chain(self.lines.values()).collect();
+        set.into_iter().cloned().collect()
+    }
+
+    /// Cameras with the whole camera or any of its lines counting for `zone`, sorted, each once.
+    pub fn cameras_of(&self, zone: &EntranceZone) -> Vec<CameraId> {
+        let set: BTreeSet<&CameraId> = self
+            .cameras
+            .iter()
+            .filter(|(_, z)| *z == zone)
+            .map(|(c, _)| c)
+            .chain(
+                self.lines
+                    .iter()
+                    .filter(|(_, z)| *z == zone)
+                    .map(|((c, _), _)| c),
+            )
+            .collect();
+        set.into_iter().cloned().collect()
     }
 }
 
@@ -165,7 +191,7 @@ pub struct Counted {
     pub late: bool,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct LastTotal {
     counts: Counts,
     since: Option<UtcMillis>,
@@ -175,7 +201,7 @@ struct LastTotal {
 }
 
 /// The kind a line committed to with its first reading.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 enum LineKind {
     Totals,
     Deltas,
@@ -192,7 +218,7 @@ impl LineKind {
     }
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct LineState {
     kind: Option<LineKind>,
     last_total: Option<LastTotal>,
@@ -201,10 +227,20 @@ struct LineState {
     seen_intervals: BTreeMap<i64, i64>,
 }
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Tally {
     counts: Counts,
     occupancy: Option<(UtcMillis, u64)>,
+}
+
+/// Everything a [`FootfallCounter`] knows, to be stored (as JSON, say) and handed to
+/// [`FootfallCounter::restore`] after a restart: a restored counter treats every later reading
+/// exactly as the original would have. Opaque on purpose; only serde looks inside.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CounterSnapshot {
+    lines: Vec<((CameraId, Option<String>), LineState)>,
+    open: Vec<((i64, EntranceZone), Tally)>,
+    closed_before: i64,
 }
 
 /// Per-line counter state and the open intervals of every zone. See the module docs for the
@@ -227,6 +263,55 @@ impl FootfallCounter {
             open: BTreeMap::new(),
             closed_before: i64::MIN,
         }
+    }
+
+    /// The counter's whole state, for [`FootfallCounter::restore`]. Lines are sorted, so equal
+    /// states give equal snapshots.
+    pub fn snapshot(&self) -> CounterSnapshot {
+        let mut lines: Vec<_> = self
+            .lines
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        lines.sort_by(|a, b| a.0.cmp(&b.0));
+        CounterSnapshot {
+            lines,
+            open: self.open.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            closed_before: self.closed_before,
+        }
+    }
+
+    /// A counter that continues from `snap` under (possibly new) `config` and `zones`. What a
+    /// snapshot remembers is bounded again here, so a stored snapshot cannot grow memory beyond
+    /// what the counter itself would keep.
+    pub fn restore(config: FootfallConfig, zones: ZoneMap, snap: CounterSnapshot) -> Self {
+        let lines = snap
+            .lines
+            .into_iter()
+            .map(|(key, mut state)| {
+                while state.seen_deltas.len() > MAX_REMEMBERED {
+                    state.seen_deltas.pop_first();
+                }
+                while state.seen_intervals.len() > MAX_REMEMBERED {
+                    state.seen_intervals.pop_first();
+                }
+                (key, state)
+            })
+            .collect();
+        FootfallCounter {
+            config,
+            zones,
+            lines,
+            open: snap.open.into_iter().collect(),
+            closed_before: snap.closed_before,
+        }
+    }
+
+    /// Every interval ending at or before this instant has been handed out by
+    /// [`FootfallCounter::close_until`] (a reading landing there later is emitted again as a
+    /// late addition). `None` before the first close.
+    pub fn closed_before(&self) -> Option<UtcMillis> {
+        (self.closed_before != i64::MIN).then_some(UtcMillis(self.closed_before))
     }
 
     /// Takes one reading received by the gateway at `received`. Refusals leave the open
@@ -1066,5 +1151,66 @@ mod tests {
             }
             prop_assert_eq!(sum, emitted);
         }
+    }
+
+    proptest! {
+        /// A counter stored as JSON and restored at any point behaves exactly like one that was
+        /// never interrupted: same outcomes, same intervals.
+        #[test]
+        fn restored_counter_continues_exactly(
+            steps in proptest::collection::vec(
+                (0u8..3, -3_600_000i64..3_600_000, 0u64..500, 0u64..500, 0i64..600_000),
+                1..60,
+            ),
+            cut in 0usize..60,
+        ) {
+            let mut plain = counter();
+            let mut resumed = counter();
+            let mut now = t(10, 0, 0);
+            for (i, (kind, skew, a, b, wait)) in steps.into_iter().enumerate() {
+                if i == cut {
+                    let json = serde_json::to_string(&resumed.snapshot()).unwrap();
+                    let snap: CounterSnapshot = serde_json::from_str(&json).unwrap();
+                    resumed = FootfallCounter::restore(FootfallConfig::default(), zones(), snap);
+                    prop_assert_eq!(resumed.snapshot(), plain.snapshot());
+                }
+                now = now.saturating_add_ms(wait);
+                let at = now.saturating_add_ms(skew);
+                let reading = match kind {
+                    0 => total("north", at, a, b),
+                    1 => delta("1", at, a, b),
+                    _ => interval(at, at.saturating_add_ms(-(wait + 1)), at, a),
+                };
+                prop_assert_eq!(plain.observe(&reading, now), resumed.observe(&reading, now));
+                prop_assert_eq!(plain.close_until(now), resumed.close_until(now));
+                prop_assert_eq!(plain.closed_before(), resumed.closed_before());
+            }
+            prop_assert_eq!(plain.flush(), resumed.flush());
+        }
+    }
+
+    #[test]
+    fn zone_map_lists_zones_and_their_cameras() {
+        let z = zones();
+        assert_eq!(z.zones(), vec![main(), side()]);
+        assert_eq!(
+            z.cameras_of(&main()),
+            vec![
+                CameraId::new("north"),
+                CameraId::new("south"),
+                CameraId::new("xovis")
+            ]
+        );
+        assert_eq!(z.cameras_of(&side()), vec![CameraId::new("xovis")]);
+        assert!(z.cameras_of(&EntranceZone::new("Back")).is_empty());
+    }
+
+    #[test]
+    fn closed_before_is_none_until_the_first_close() {
+        let mut c = counter();
+        assert_eq!(c.closed_before(), None);
+        c.close_until(t(10, 20, 0));
+        // 10:20 minus the 2-minute grace: the interval 10:00..10:15 is closed.
+        assert_eq!(c.closed_before(), Some(t(10, 15, 0)));
     }
 }
