@@ -3,7 +3,11 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use aisle_protocol::sync::{MAX_EVENTS_PER_UPLOAD, MAX_WAIT_MS};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use aisle_protocol::sync::{
+    MAX_EVENTS_PER_UPLOAD, MAX_FOOTFALL_CAMERAS, MAX_FOOTFALL_NAME_CHARS, MAX_WAIT_MS,
+};
 use aisle_protocol::{GatewayId, StoreId};
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +34,9 @@ pub struct AgentConfig {
     pub sync: SyncConfig,
     #[serde(default)]
     pub clock: ClockConfig,
+    /// People-counting cameras. Absent: no cameras.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub footfall: Option<FootfallSettings>,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -42,6 +49,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("listen", &self.listen)
             .field("sync", &self.sync)
             .field("clock", &self.clock)
+            .field("footfall", &self.footfall)
             .finish()
     }
 }
@@ -86,6 +94,276 @@ impl Default for SyncConfig {
 pub struct ClockConfig {
     /// Tests only: pretend the gateway's clock is off by this many milliseconds.
     pub offset_ms: i64,
+}
+
+/// Most cameras one gateway takes (each is a metric label, so the set stays bounded).
+pub const MAX_CAMERAS: usize = 256;
+/// Largest `max_payload_bytes` (a count message is a few hundred bytes).
+pub const MAX_PAYLOAD_LIMIT: usize = 1024 * 1024;
+
+/// `[footfall]`: people-counting cameras at the store's entrances.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FootfallSettings {
+    /// The MQTT broker the cameras publish to, `host:port`. Absent: no MQTT ingestion (cameras
+    /// can still push over HTTP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<String>,
+    /// Cameras publish to `<topic_prefix>/<store>/camera/<id>/counts` and `.../status`.
+    #[serde(default = "default_topic_prefix")]
+    pub topic_prefix: String,
+    /// A camera silent for longer than this is offline from its last message.
+    #[serde(default = "default_silence_timeout_ms")]
+    pub silence_timeout_ms: u64,
+    /// Largest camera payload; anything bigger is refused unread (`too_large`).
+    #[serde(default = "default_max_payload_bytes")]
+    pub max_payload_bytes: usize,
+    /// Most messages one camera may send per minute; beyond that they are refused (`flood`).
+    #[serde(default = "default_max_messages_per_minute")]
+    pub max_messages_per_minute: u32,
+    /// How often finished 15-minute intervals are closed and written to the ledger.
+    #[serde(default = "default_close_every_ms")]
+    pub close_every_ms: u64,
+    /// How long after a 15-minute interval ends it is closed, to let late messages in. Default:
+    /// the larger of two minutes and `silence_timeout_ms` (it may not be shorter than the silence
+    /// timeout, or a camera that died just before the end would not yet count as missing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub close_after_ms: Option<u64>,
+    #[serde(default)]
+    pub cameras: Vec<CameraConfig>,
+}
+
+fn default_topic_prefix() -> String {
+    "aisle/v1".to_string()
+}
+fn default_silence_timeout_ms() -> u64 {
+    120_000
+}
+fn default_max_payload_bytes() -> usize {
+    16_384
+}
+fn default_max_messages_per_minute() -> u32 {
+    600
+}
+fn default_close_every_ms() -> u64 {
+    10_000
+}
+
+impl Default for FootfallSettings {
+    fn default() -> Self {
+        FootfallSettings {
+            mqtt: None,
+            topic_prefix: default_topic_prefix(),
+            silence_timeout_ms: default_silence_timeout_ms(),
+            max_payload_bytes: default_max_payload_bytes(),
+            max_messages_per_minute: default_max_messages_per_minute(),
+            close_every_ms: default_close_every_ms(),
+            close_after_ms: None,
+            cameras: Vec::new(),
+        }
+    }
+}
+
+impl FootfallSettings {
+    /// `close_after_ms` as used: the configured value, or max(2 min, silence timeout).
+    pub fn effective_close_after_ms(&self) -> u64 {
+        self.close_after_ms
+            .unwrap_or(self.silence_timeout_ms.max(120_000))
+    }
+
+    /// The broker as (host, port).
+    pub fn mqtt_broker(&self) -> Option<Result<(String, u16), String>> {
+        self.mqtt.as_deref().map(|m| {
+            let (host, port) = m
+                .rsplit_once(':')
+                .ok_or_else(|| format!("footfall.mqtt must be host:port, got '{m}'"))?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let port: u16 = port
+                .parse()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("footfall.mqtt: bad port in '{m}'"))?;
+            if host.is_empty() || host.len() > 253 || host.chars().any(|c| c.is_whitespace()) {
+                return Err(format!("footfall.mqtt: bad host in '{m}'"));
+            }
+            Ok((host.to_string(), port))
+        })
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if let Some(Err(e)) = self.mqtt_broker() {
+            return Err(e);
+        }
+        let p = &self.topic_prefix;
+        if p.is_empty()
+            || p.len() > 128
+            || p.starts_with('/')
+            || p.ends_with('/')
+            || p.contains("//")
+            || p.chars().any(|c| matches!(c, '+' | '#') || c.is_control())
+        {
+            return Err(format!(
+                "footfall.topic_prefix must be 1 to 128 characters of MQTT topic levels without \
+                 wildcards or empty levels, got '{p}'"
+            ));
+        }
+        if !(1_000..=86_400_000).contains(&self.silence_timeout_ms) {
+            return Err("footfall.silence_timeout_ms must be 1000 to 86400000".into());
+        }
+        if !(256..=MAX_PAYLOAD_LIMIT).contains(&self.max_payload_bytes) {
+            return Err(format!(
+                "footfall.max_payload_bytes must be 256 to {MAX_PAYLOAD_LIMIT}"
+            ));
+        }
+        if !(1..=1_000_000_000).contains(&self.max_messages_per_minute) {
+            return Err("footfall.max_messages_per_minute must be 1 to 1000000000".into());
+        }
+        if !(10..=900_000).contains(&self.close_every_ms) {
+            return Err("footfall.close_every_ms must be 10 to 900000".into());
+        }
+        let close_after = self.effective_close_after_ms();
+        if close_after > 3_600_000 {
+            return Err("footfall.close_after_ms must be at most one hour".into());
+        }
+        if close_after < self.silence_timeout_ms {
+            return Err(format!(
+                "footfall.close_after_ms ({close_after}) must be at least silence_timeout_ms \
+                 ({}): an interval must not close before a camera that died in it is known to \
+                 be missing",
+                self.silence_timeout_ms
+            ));
+        }
+        if self.cameras.len() > MAX_CAMERAS {
+            return Err(format!("footfall: at most {MAX_CAMERAS} cameras"));
+        }
+        let mut ids = HashSet::new();
+        let mut per_zone: HashMap<&str, HashSet<&str>> = HashMap::new();
+        for (i, c) in self.cameras.iter().enumerate() {
+            let at = || format!("footfall.cameras[{}] ({})", i + 1, c.id);
+            c.validate().map_err(|e| format!("{}: {e}", at()))?;
+            if !ids.insert(c.id.as_str()) {
+                return Err(format!("{}: camera id '{}' is used twice", at(), c.id));
+            }
+            per_zone.entry(&c.zone).or_default().insert(&c.id);
+            for zone in c.lines.values() {
+                per_zone.entry(zone).or_default().insert(&c.id);
+            }
+        }
+        if let Some((zone, _)) = per_zone
+            .iter()
+            .find(|(_, cams)| cams.len() > MAX_FOOTFALL_CAMERAS)
+        {
+            return Err(format!(
+                "footfall: zone '{zone}' has more than {MAX_FOOTFALL_CAMERAS} cameras"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Which format a camera's payloads are in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CameraVendor {
+    /// Axis People Counter `live-sum.json` (running totals since local midnight).
+    Axis,
+    /// Xovis v5 logics push (line counts, delta or absolute).
+    Xovis,
+    /// Hikvision `EventNotificationAlert` XML (realTime or timeRange).
+    Hikvision,
+}
+
+impl CameraVendor {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CameraVendor::Axis => "axis",
+            CameraVendor::Xovis => "xovis",
+            CameraVendor::Hikvision => "hikvision",
+        }
+    }
+}
+
+/// Whether a Xovis push carries counts since the previous push or running totals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum XovisValuesConfig {
+    Delta,
+    Absolute,
+}
+
+/// `[[footfall.cameras]]`: one people-counting camera.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CameraConfig {
+    /// The id in its MQTT topic and push URL: `[A-Za-z0-9_-]{1,64}`.
+    pub id: String,
+    pub vendor: CameraVendor,
+    /// The entrance it counts for, as the shop names it ("Main entrance").
+    pub zone: String,
+    /// Axis only: the camera's UTC offset (its timestamps carry no zone). Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub utc_offset_minutes: Option<i16>,
+    /// Xovis only: `delta` (default) or `absolute`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values: Option<XovisValuesConfig>,
+    /// Xovis only: whether forward (`fw`) crossings are people coming in. Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_is_in: Option<bool>,
+    /// Counting lines of this camera that count for another zone: `{ "<line>" = "<zone>" }`
+    /// (Xovis logic id, Hikvision channel). Other lines count for `zone`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub lines: BTreeMap<String, String>,
+}
+
+/// Is `id` a camera id (`[A-Za-z0-9_-]{1,64}`)?
+pub fn valid_camera_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn valid_name(name: &str) -> bool {
+    let n = name.chars().count();
+    n > 0 && n <= MAX_FOOTFALL_NAME_CHARS && !name.chars().any(char::is_control)
+}
+
+impl CameraConfig {
+    fn validate(&self) -> Result<(), String> {
+        if !valid_camera_id(&self.id) {
+            return Err("id must be 1 to 64 letters, digits, '_' or '-'".into());
+        }
+        if !valid_name(&self.zone) {
+            return Err(format!(
+                "zone must be 1 to {MAX_FOOTFALL_NAME_CHARS} characters without control characters"
+            ));
+        }
+        if let Some(off) = self.utc_offset_minutes {
+            if self.vendor != CameraVendor::Axis {
+                return Err("utc_offset_minutes applies to axis cameras only".into());
+            }
+            if !(-840..=840).contains(&off) {
+                return Err("utc_offset_minutes must be -840 to 840".into());
+            }
+        }
+        if self.vendor != CameraVendor::Xovis
+            && (self.values.is_some() || self.forward_is_in.is_some())
+        {
+            return Err("values and forward_is_in apply to xovis cameras only".into());
+        }
+        for (line, zone) in &self.lines {
+            if !valid_name(line) || !valid_name(zone) {
+                return Err(format!(
+                    "lines: line and zone names must be 1 to {MAX_FOOTFALL_NAME_CHARS} characters"
+                ));
+            }
+        }
+        if self.lines.len() > MAX_FOOTFALL_CAMERAS {
+            return Err(format!("at most {MAX_FOOTFALL_CAMERAS} lines"));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +438,9 @@ impl AgentConfig {
         }
         if self.clock.offset_ms.unsigned_abs() > 10 * 365 * 86_400_000 {
             return bad("clock.offset_ms is more than ten years".into());
+        }
+        if let Some(f) = &self.footfall {
+            f.validate().map_err(ConfigError::Invalid)?;
         }
         Ok(())
     }
@@ -321,5 +602,75 @@ listen = "127.0.0.1:7401"
         }
         c.credential = format!("gw-S001-1a2b3c4d.{secret}");
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn footfall_is_optional_and_has_the_contract_defaults() {
+        let c: AgentConfig = toml::from_str(MINIMAL).unwrap();
+        assert!(c.footfall.is_none());
+        let text = format!(
+            "{MINIMAL}\n[footfall]\n[[footfall.cameras]]\nid = \"door-1\"\nvendor = \"axis\"\nzone = \"Main entrance\"\n"
+        );
+        let c: AgentConfig = toml::from_str(&text).unwrap();
+        c.validate().unwrap();
+        let f = c.footfall.unwrap();
+        assert_eq!(f.mqtt, None);
+        assert_eq!(f.topic_prefix, "aisle/v1");
+        assert_eq!(f.silence_timeout_ms, 120_000);
+        assert_eq!(f.max_payload_bytes, 16_384);
+        assert_eq!(f.max_messages_per_minute, 600);
+        assert_eq!(f.close_every_ms, 10_000);
+        assert_eq!(f.effective_close_after_ms(), 120_000);
+        assert_eq!(f.cameras[0].vendor, CameraVendor::Axis);
+        let example: AgentConfig = toml::from_str(include_str!("../examples/agent.toml")).unwrap();
+        let f = example.footfall.unwrap();
+        assert_eq!(f.mqtt_broker(), Some(Ok(("127.0.0.1".to_string(), 1883))));
+        assert_eq!(f.cameras.len(), 3);
+        assert_eq!(
+            f.cameras[1].lines.get("2").map(String::as_str),
+            Some("Car park door")
+        );
+    }
+
+    #[test]
+    fn footfall_mistakes_are_refused_with_a_clear_message() {
+        let camera = |extra: &str| {
+            format!(
+                "{MINIMAL}\n[footfall]\n[[footfall.cameras]]\nid = \"door-1\"\nvendor = \"axis\"\nzone = \"Main\"\n{extra}"
+            )
+        };
+        let invalid = |text: String| -> String {
+            let c: AgentConfig = toml::from_str(&text).unwrap();
+            c.validate().unwrap_err().to_string()
+        };
+        assert!(toml::from_str::<AgentConfig>(&camera("vendor_x = 1")).is_err());
+        assert!(
+            toml::from_str::<AgentConfig>(&camera("").replace("\"axis\"", "\"bosch\"")).is_err()
+        );
+        assert!(invalid(camera("").replace("door-1", "door 1")).contains("id must be"));
+        assert!(invalid(camera("").replace("\"Main\"", "\"\"")).contains("zone must be"));
+        let twice = format!(
+            "{}[[footfall.cameras]]\nid = \"door-1\"\nvendor = \"hikvision\"\nzone = \"Side\"\n",
+            camera("")
+        );
+        assert!(invalid(twice).contains("used twice"));
+        assert!(invalid(camera("values = \"delta\"")).contains("xovis cameras only"));
+        assert!(
+            invalid(camera("").replace("axis", "hikvision") + "utc_offset_minutes = 60\n")
+                .contains("axis cameras only")
+        );
+        let with = |key: &str| camera("").replace("[footfall]\n", &format!("[footfall]\n{key}\n"));
+        assert!(invalid(with("mqtt = \"localhost\"")).contains("host:port"));
+        assert!(invalid(with("topic_prefix = \"aisle/#\"")).contains("topic_prefix"));
+        assert!(invalid(with("max_payload_bytes = 10")).contains("max_payload_bytes"));
+        assert!(invalid(with("close_every_ms = 0")).contains("close_every_ms"));
+        assert!(
+            invalid(with("silence_timeout_ms = 300000\nclose_after_ms = 60000"))
+                .contains("at least silence_timeout_ms")
+        );
+        // Raising the silence timeout alone raises the default close delay with it.
+        let c: AgentConfig = toml::from_str(&with("silence_timeout_ms = 300000")).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.footfall.unwrap().effective_close_after_ms(), 300_000);
     }
 }

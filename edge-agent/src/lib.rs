@@ -1,12 +1,16 @@
 //! aisle-agent: the store gateway daemon. It keeps the store's SQLite ledger (sales, prices,
-//! stock), serves the local HTTP API, activates prices on hub time and syncs with the hub.
+//! stock, footfall), serves the local HTTP API, activates prices on hub time, counts visitors
+//! from the entrance cameras and syncs with the hub.
 //!
 //! ```text
 //! lanes ──HTTP──> api ──command──> ledger writer thread ──> SQLite (WAL, FULL)
 //!                                      ^        │ commit publishes LedgerView
 //! hub <──HTTP── sync::uploader <───────┼────────┘ (outbox = seq > acked_through)
-//! hub ──HTTP──> sync::downloader ──────┘ (page + cursor in one transaction)
-//!                activator ── sleeps to the next effective_at, then ActivateDue
+//! hub ──HTTP──> sync::downloader ──────┤ (page + cursor in one transaction)
+//!                activator ────────────┤ sleeps to the next effective_at, then ActivateDue
+//! cameras ─MQTT─> footfall::mqtt ─┐    │
+//! cameras ─HTTP─> api ────────────┴─> footfall ingest ── one Footfall command per batch
+//!                                      (snapshot + closed intervals; acks/answers after commit)
 //! ```
 //! The agent meets the hub only through `aisle-protocol` and HTTP.
 use std::net::SocketAddr;
@@ -19,12 +23,14 @@ pub mod activator;
 pub mod api;
 pub mod clock;
 pub mod config;
+pub mod footfall;
 pub mod ledger;
 pub mod metrics;
 pub mod sync;
 
 use clock::{OffsetClock, WallClock};
 use config::{AgentConfig, ConfigError};
+use footfall::{CamerasView, FootfallShared};
 use ledger::{Ledger, LedgerError};
 use sync::{HubClient, SyncError, SyncShared, SyncStatus};
 
@@ -81,14 +87,24 @@ impl Agent {
             config.sync.skew_alarm_ms,
         ));
         shared.observe_skew(ledger.view().skew_ms);
-        let metrics = Arc::new(metrics::AgentMetrics::new(&ledger, &shared));
+        let (footfall, footfall_rx) = FootfallShared::new(config.footfall.as_ref());
+        let metrics = Arc::new(metrics::AgentMetrics::new(&ledger, &shared, &footfall));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let footfall_tasks =
+            match start_footfall(&config, &ledger, &footfall, footfall_rx, &shutdown_rx).await {
+                Ok(t) => t,
+                Err(e) => {
+                    ledger.close().await;
+                    return Err(e);
+                }
+            };
 
         let app = api::router(api::AppState {
             store: config.store.clone(),
             ledger: ledger.clone(),
             sync: shared.clone(),
             metrics,
+            footfall: footfall.clone(),
         });
         let mut server_shutdown = shutdown_rx.clone();
         let mut tasks = vec![tokio::spawn(async move {
@@ -101,6 +117,7 @@ impl Agent {
                 tracing::error!(error = %e, "HTTP API stopped");
             }
         })];
+        tasks.extend(footfall_tasks);
         tasks.push(activator::spawn(ledger.clone(), shutdown_rx.clone()));
         tasks.extend(sync::spawn(
             sync::SyncContext {
@@ -117,16 +134,61 @@ impl Agent {
             hub = %config.hub_url,
             last_seq = ledger.view().last_seq,
             outbox = ledger.view().outbox_depth(),
+            cameras = footfall.cameras.len(),
             "aisle-agent started"
         );
         Ok(AgentHandle {
             local_addr,
             ledger,
             sync: shared,
+            footfall,
             shutdown: shutdown_tx,
             tasks,
         })
     }
+}
+
+/// Starts camera ingestion when cameras are configured: restores the counter and presence from
+/// the ledger, then spawns the ingest task and (with a broker configured) the MQTT task.
+async fn start_footfall(
+    config: &AgentConfig,
+    ledger: &Ledger,
+    shared: &Arc<FootfallShared>,
+    rx: Option<tokio::sync::mpsc::Receiver<footfall::Msg>>,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<Vec<JoinHandle<()>>, AgentError> {
+    let (Some(settings), Some(rx)) = (&config.footfall, rx) else {
+        return Ok(Vec::new());
+    };
+    let stored = ledger.footfall_state().await?;
+    let mut tasks = Vec::new();
+    let mut acker = None;
+    if let Some(broker) = settings.mqtt_broker() {
+        let (host, port) = broker.map_err(ConfigError::Invalid)?;
+        let gateway = config.gateway_id()?;
+        let setup = footfall::MqttSetup {
+            host,
+            port,
+            client_id: footfall::mqtt_client_id(config.store.as_str(), gateway.as_str()),
+            topic_base: format!("{}/{}/camera/", settings.topic_prefix, config.store),
+            max_payload_bytes: settings.max_payload_bytes,
+        };
+        let Some(tx) = shared.sender().cloned() else {
+            return Ok(Vec::new());
+        };
+        let (task, a) = footfall::spawn_mqtt(setup, shared.clone(), tx, shutdown.clone());
+        tasks.push(task);
+        acker = Some(a);
+    }
+    let ingest = footfall::Ingest::new(footfall::IngestSetup {
+        settings: settings.clone(),
+        ledger: ledger.clone(),
+        shared: shared.clone(),
+        stored,
+        acker,
+    });
+    tasks.push(tokio::spawn(ingest.run(rx, shutdown.clone())));
+    Ok(tasks)
 }
 
 /// Handle to a running agent.
@@ -135,6 +197,7 @@ pub struct AgentHandle {
     local_addr: SocketAddr,
     ledger: Ledger,
     sync: Arc<SyncShared>,
+    footfall: Arc<FootfallShared>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -154,13 +217,34 @@ impl AgentHandle {
         self.sync.status(&self.ledger)
     }
 
-    /// Stops the API (finishing requests in flight), the sync tasks and the activator, then
-    /// closes the ledger.
-    pub async fn shutdown(self) {
+    /// What `GET /v1/cameras` answers: every configured camera's presence and counts.
+    pub fn cameras(&self) -> CamerasView {
+        self.footfall.view()
+    }
+
+    /// Camera ingestion's metrics (`aisle_footfall_*`, `aisle_camera_online`).
+    pub fn footfall_metrics(&self) -> &footfall::FootfallMetrics {
+        &self.footfall.metrics
+    }
+
+    /// Stops the API (finishing requests in flight), the sync tasks, camera ingestion (which
+    /// commits and acknowledges what it took) and the activator, then closes the ledger.
+    pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
-        for t in self.tasks {
+        for t in std::mem::take(&mut self.tasks) {
             let _ = t.await;
         }
         self.ledger.close().await;
+    }
+}
+
+/// Dropping the handle without [`AgentHandle::shutdown`] is a crash: every task is aborted at its
+/// next await, with nothing flushed, acknowledged or closed cleanly (a ledger commit already on
+/// the writer thread completes or not, atomically). Tests use it to kill an agent.
+impl Drop for AgentHandle {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
     }
 }

@@ -1,22 +1,26 @@
 //! The agent's Prometheus metrics. The ledger and the sync tasks own their counters (typed, in
 //! their own modules); this registry only names them and adds gauges read at scrape time.
-use prometheus_client::encoding::text::encode;
+//! Camera ingestion's metrics are named `aisle_footfall_*` and `aisle_camera_online` (a second
+//! registry, without the `aisle_agent` prefix).
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::footfall::FootfallShared;
 use crate::ledger::Ledger;
 use crate::sync::SyncShared;
 
 #[derive(Debug)]
 pub struct AgentMetrics {
     registry: Registry,
+    footfall: Registry,
     outbox_depth: Gauge,
     last_seq: Gauge,
     clock_skew_ms: Gauge,
 }
 
 impl AgentMetrics {
-    pub fn new(ledger: &Ledger, sync: &SyncShared) -> AgentMetrics {
+    pub fn new(ledger: &Ledger, sync: &SyncShared, footfall: &FootfallShared) -> AgentMetrics {
         let mut registry = Registry::with_prefix("aisle_agent");
         let l = ledger.metrics();
         registry.register(
@@ -73,8 +77,11 @@ impl AgentMetrics {
             "1 when the last sync request succeeded",
             s.link_up.clone(),
         );
+        let mut footfall_registry = Registry::with_prefix("aisle");
+        footfall.metrics.register(&mut footfall_registry);
         AgentMetrics {
             registry,
+            footfall: footfall_registry,
             outbox_depth,
             last_seq,
             clock_skew_ms: s.clock_skew_ms.clone(),
@@ -91,7 +98,9 @@ impl AgentMetrics {
         // The persisted skew, so a restart while offline still shows the last known one.
         self.clock_skew_ms.set(v.skew_ms);
         let mut out = String::new();
-        encode(&mut out, &self.registry)?;
+        encode_registry(&mut out, &self.registry)?;
+        encode_registry(&mut out, &self.footfall)?;
+        encode_eof(&mut out)?;
         Ok(out)
     }
 }

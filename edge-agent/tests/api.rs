@@ -42,6 +42,7 @@ async fn start() -> TestAgent {
             ..SyncConfig::default()
         },
         clock: ClockConfig::default(),
+        footfall: None,
     };
     let clock = ManualClock::new(T0);
     let agent = Agent::start(config, clock.clone()).await.unwrap();
@@ -408,7 +409,7 @@ async fn openapi_lists_every_route_the_router_serves() {
     let t = start().await;
     let (s, doc) = t.get_json("/openapi.json").await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(ROUTES.len(), 6);
+    assert_eq!(ROUTES.len(), 8);
     for route in ROUTES {
         let method = route.method.as_str().to_lowercase();
         assert!(
@@ -418,7 +419,10 @@ async fn openapi_lists_every_route_the_router_serves() {
             route.path
         );
         // And it is really served: the router answers it, not the fallback.
-        let path = route.path.replace("{gtin}", &gtin(1).to_string());
+        let path = route
+            .path
+            .replace("{gtin}", &gtin(1).to_string())
+            .replace("{id}", "door-1");
         let url = format!("{}{path}", t.base);
         let r = match route.method {
             HttpMethod::Get => t.http.get(url).send().await.unwrap(),

@@ -322,6 +322,7 @@ async fn agent_syncs_with_a_hub_that_speaks_the_protocol() {
             skew_alarm_ms: 5_000,
         },
         clock: ClockConfig::default(),
+        footfall: None,
     };
     let agent: AgentHandle = Agent::start(config, Arc::new(SystemClock)).await.unwrap();
     let ledger = agent.ledger().clone();
@@ -492,6 +493,7 @@ fn quick_config(url: String, dir: &std::path::Path, upload_batch: usize) -> Agen
             skew_alarm_ms: 60_000,
         },
         clock: ClockConfig::default(),
+        footfall: None,
     }
 }
 

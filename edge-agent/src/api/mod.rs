@@ -14,14 +14,17 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
 
+use crate::footfall::FootfallShared;
 use crate::ledger::Ledger;
 use crate::metrics::AgentMetrics;
 use crate::sync::SyncShared;
 
+mod cameras;
 mod prices;
 mod sales;
 mod status;
 
+pub use cameras::{PushRefusal, PushResponse, refusal_status};
 pub use prices::PriceResponse;
 pub use sales::{MAX_SALE_BODY_BYTES, SaleLineResponse, SaleResponse};
 
@@ -34,6 +37,7 @@ pub struct AppState {
     pub ledger: Ledger,
     pub sync: Arc<SyncShared>,
     pub metrics: Arc<AgentMetrics>,
+    pub footfall: Arc<FootfallShared>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,6 +64,8 @@ impl HttpMethod {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Endpoint {
+    CameraCounts,
+    Cameras,
     Healthz,
     Metrics,
     OpenApi,
@@ -78,6 +84,16 @@ pub struct Route {
 
 /// Every route the agent serves.
 pub const ROUTES: &[Route] = &[
+    Route {
+        method: HttpMethod::Post,
+        path: "/v1/cameras/{id}/counts",
+        endpoint: Endpoint::CameraCounts,
+    },
+    Route {
+        method: HttpMethod::Get,
+        path: "/v1/cameras",
+        endpoint: Endpoint::Cameras,
+    },
     Route {
         method: HttpMethod::Get,
         path: "/healthz",
@@ -110,9 +126,13 @@ pub const ROUTES: &[Route] = &[
     },
 ];
 
-fn handler(route: &Route) -> MethodRouter<AppState> {
+fn handler(route: &Route, state: &AppState) -> MethodRouter<AppState> {
     let f = route.method.filter();
     match route.endpoint {
+        // A camera's body is refused beyond its own limit, before more of it is read.
+        Endpoint::CameraCounts => on(f, cameras::push_counts)
+            .layer(DefaultBodyLimit::max(state.footfall.max_payload_bytes)),
+        Endpoint::Cameras => on(f, cameras::list_cameras),
         Endpoint::Healthz => on(f, status::healthz),
         Endpoint::Metrics => on(f, status::metrics),
         Endpoint::OpenApi => on(f, status::openapi),
@@ -126,7 +146,7 @@ fn handler(route: &Route) -> MethodRouter<AppState> {
 pub fn router(state: AppState) -> Router {
     let mut r = Router::new();
     for route in ROUTES {
-        r = r.route(route.path, handler(route));
+        r = r.route(route.path, handler(route, &state));
     }
     r.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

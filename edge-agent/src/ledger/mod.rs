@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use aisle_protocol::sync::SaleRecord;
-use aisle_protocol::sync::{Change, ChangeBody, LedgerEvent, Payment, PriceChange, SaleError};
+use aisle_protocol::sync::{
+    Change, ChangeBody, FootfallInterval, LedgerEvent, Payment, PriceChange, SaleError,
+};
 use aisle_protocol::{BatchId, Gtin, Hlc, Money, ProtocolError, SaleId, UtcMillis};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -118,6 +120,31 @@ pub struct ChangeOutcome {
     pub adjusted: usize,
     /// Stock adjustments ignored because their id was already applied.
     pub ignored_adjustments: usize,
+}
+
+/// What camera ingestion commits in one go: its state (counter and presence, JSON, kept in the
+/// `footfall_state` row) and the intervals it closed (a `FootfallCounted` event each), in one
+/// transaction, so a restart never repeats or loses an interval.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FootfallBatch {
+    pub state: Vec<u8>,
+    pub intervals: Vec<FootfallInterval>,
+}
+
+/// One row of the materialised `footfall` table: every event for (zone, start) summed.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct FootfallRow {
+    pub zone: String,
+    pub start: UtcMillis,
+    pub end: UtcMillis,
+    pub entered: u64,
+    pub exited: u64,
+    /// From the latest event that reported one.
+    pub occupancy: Option<u64>,
+    /// Every camera any event of the interval named as missing.
+    pub cameras_missing: Vec<String>,
+    /// How many events the row sums (more than one after late readings).
+    pub events: u64,
 }
 
 /// Proof of an answer from the hub: its time, and the skew measured with it (if the round trip
@@ -362,6 +389,14 @@ impl Ledger {
             .await?
     }
 
+    /// Stores camera ingestion's state and appends a `FootfallCounted` event per interval, in one
+    /// transaction (group-committed with whatever else is waiting). Answers the number of events
+    /// after the commit. Nothing is written if any interval is invalid.
+    pub async fn commit_footfall(&self, batch: FootfallBatch) -> Result<usize, LedgerError> {
+        self.send(|reply| writer::Command::Footfall { batch, reply })
+            .await?
+    }
+
     /// Finishes the commands already queued, closes the database and releases the data dir.
     pub async fn close(&self) {
         if self
@@ -420,6 +455,20 @@ impl Ledger {
     ) -> Result<Vec<LedgerEvent>, LedgerError> {
         self.read(move |c| reader::events_after(c, after, limit))
             .await
+    }
+
+    /// The state camera ingestion last committed, if any.
+    pub async fn footfall_state(&self) -> Result<Option<Vec<u8>>, LedgerError> {
+        self.read(reader::footfall_state).await
+    }
+
+    /// Footfall rows with `start` in `[from, to)`, by start then zone.
+    pub async fn footfall(
+        &self,
+        from: UtcMillis,
+        to: UtcMillis,
+    ) -> Result<Vec<FootfallRow>, LedgerError> {
+        self.read(move |c| reader::footfall(c, from, to)).await
     }
 
     /// The earliest `effective_at` among pending prices.

@@ -8,7 +8,7 @@ use aisle_protocol::{BatchId, EventId, Gtin, Money, SaleId, UtcMillis};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use super::state::{self, StoredBody};
-use super::{ActivePrice, LedgerError, PriceRow, SaleReceipt, hlc_from_bytes};
+use super::{ActivePrice, FootfallRow, LedgerError, PriceRow, SaleReceipt, hlc_from_bytes};
 
 /// Idle read connections kept for reuse.
 const IDLE_READERS: usize = 4;
@@ -204,4 +204,40 @@ pub(crate) fn next_pending_effective_at(c: &Connection) -> Result<Option<UtcMill
         .prepare_cached("SELECT MIN(effective_at) FROM prices WHERE state = 'pending'")?
         .query_row([], |r| r.get(0))?;
     Ok(v.map(UtcMillis))
+}
+
+pub(crate) fn footfall_state(c: &Connection) -> Result<Option<Vec<u8>>, LedgerError> {
+    Ok(
+        c.prepare_cached("SELECT snapshot FROM footfall_state WHERE id = 1")?
+            .query_row([], |r| r.get(0))
+            .optional()?,
+    )
+}
+
+pub(crate) fn footfall(
+    c: &Connection,
+    from: UtcMillis,
+    to: UtcMillis,
+) -> Result<Vec<FootfallRow>, LedgerError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT zone, start_ms, end_ms, entered, exited, occupancy, cameras_missing, events
+         FROM footfall WHERE start_ms >= ?1 AND start_ms < ?2 ORDER BY start_ms, zone",
+    )?;
+    let rows = stmt.query_map([from.0, to.0], |r| {
+        let missing: String = r.get(6)?;
+        let cameras_missing: Vec<String> = serde_json::from_str(&missing).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(6, rusqlite::types::Type::Text, Box::new(e))
+        })?;
+        Ok(FootfallRow {
+            zone: r.get(0)?,
+            start: UtcMillis(r.get(1)?),
+            end: UtcMillis(r.get(2)?),
+            entered: to_u64(r.get(3)?),
+            exited: to_u64(r.get(4)?),
+            occupancy: r.get::<_, Option<i64>>(5)?.map(to_u64),
+            cameras_missing,
+            events: to_u64(r.get(7)?),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }

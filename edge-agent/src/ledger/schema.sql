@@ -55,6 +55,32 @@ CREATE TABLE IF NOT EXISTS stock_adjustments (
     delta         INTEGER NOT NULL
 ) WITHOUT ROWID;
 
+-- People counted per entrance zone and 15-minute interval, from FootfallCounted events. Events
+-- for one (zone, start) are additive (a late reading is emitted again as another event), so a row
+-- is their sum; `events` says how many.
+CREATE TABLE IF NOT EXISTS footfall (
+    zone            TEXT    NOT NULL,
+    start_ms        INTEGER NOT NULL,
+    end_ms          INTEGER NOT NULL,
+    entered         INTEGER NOT NULL,
+    exited          INTEGER NOT NULL,
+    occupancy       INTEGER,                  -- from the latest event that reported one
+    cameras_missing TEXT    NOT NULL,         -- JSON array, sorted and distinct, over all events
+    events          INTEGER NOT NULL,
+    last_seq        INTEGER NOT NULL,
+    PRIMARY KEY (zone, start_ms)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS footfall_start ON footfall (start_ms);
+
+-- Camera ingestion bookkeeping (not derived from events): the counter and presence snapshot as
+-- JSON, written in the same transaction as the FootfallCounted events it produced, so a restart
+-- neither loses nor repeats an interval and recognises re-delivered messages.
+CREATE TABLE IF NOT EXISTS footfall_state (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    snapshot   BLOB    NOT NULL,
+    updated_at INTEGER NOT NULL                -- hub-corrected UTC ms of the write
+);
+
 -- Sync bookkeeping (not derived from events): one row.
 CREATE TABLE IF NOT EXISTS sync_state (
     id            INTEGER PRIMARY KEY CHECK (id = 1),

@@ -1,7 +1,9 @@
 //! How an event changes the materialised state: the ONE definition, used by the writer as it
 //! appends and by `verify` as it replays. The writer decides *whether* an event happens (prices,
 //! versions, idempotency); once it does, only [`apply`] touches the state tables.
-use aisle_protocol::sync::{EventBody, SaleRecord};
+use std::collections::BTreeSet;
+
+use aisle_protocol::sync::{EventBody, FootfallInterval, SaleRecord};
 use aisle_protocol::{Currency, Gtin, Money, UtcMillis};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
@@ -206,7 +208,69 @@ pub fn apply(
             }
             add_stock(conn, gtin, *delta)?;
         }
+        EventBody::FootfallCounted(iv) => add_footfall(conn, seq_i, iv)?,
+        EventBody::PickupReceived { .. }
+        | EventBody::PickupPicking { .. }
+        | EventBody::PickupReady { .. }
+        | EventBody::PickupCollected { .. }
+        | EventBody::PickupCancelApplied { .. }
+        | EventBody::PickupCancelConflict { .. }
+        | EventBody::PickupExpired { .. } => {
+            return Err(StateError::Inconsistent(
+                "pickup events are not supported by this agent".into(),
+            ));
+        }
     }
+    Ok(())
+}
+
+/// Adds one interval to its (zone, start) row: counts summed, the latest occupancy kept, missing
+/// cameras merged.
+fn add_footfall(conn: &Connection, seq: i64, iv: &FootfallInterval) -> Result<(), StateError> {
+    iv.validate()
+        .map_err(|e| StateError::Inconsistent(format!("footfall interval: {e}")))?;
+    let count = |n: u64| {
+        i64::try_from(n).map_err(|_| StateError::Inconsistent("count out of range".into()))
+    };
+    let missing = if iv.cameras_missing.is_empty() {
+        None
+    } else {
+        let before: Option<String> = conn
+            .prepare_cached(
+                "SELECT cameras_missing FROM footfall WHERE zone = ?1 AND start_ms = ?2",
+            )?
+            .query_row(params![iv.zone, iv.start.0], |r| r.get(0))
+            .optional()?;
+        let mut all: BTreeSet<String> = match before {
+            Some(text) => serde_json::from_str(&text)
+                .map_err(|e| StateError::Inconsistent(format!("footfall.cameras_missing: {e}")))?,
+            None => BTreeSet::new(),
+        };
+        all.extend(iv.cameras_missing.iter().cloned());
+        Some(serde_json::to_string(&all).map_err(|e| StateError::Payload(e.to_string()))?)
+    };
+    conn.prepare_cached(
+        "INSERT INTO footfall (zone, start_ms, end_ms, entered, exited, occupancy,
+                               cameras_missing, events, last_seq)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, COALESCE(?7, '[]'), 1, ?8)
+         ON CONFLICT (zone, start_ms) DO UPDATE SET
+             entered = entered + excluded.entered,
+             exited = exited + excluded.exited,
+             occupancy = COALESCE(excluded.occupancy, occupancy),
+             cameras_missing = COALESCE(?7, cameras_missing),
+             events = events + 1,
+             last_seq = excluded.last_seq",
+    )?
+    .execute(params![
+        iv.zone,
+        iv.start.0,
+        iv.end.0,
+        count(iv.entered)?,
+        count(iv.exited)?,
+        iv.occupancy.map(count).transpose()?,
+        missing,
+        seq
+    ])?;
     Ok(())
 }
 

@@ -22,6 +22,8 @@ pub struct VerifyReport {
     pub price_rows: u64,
     pub stock_items: u64,
     pub stock_adjustments: u64,
+    /// Rows of the `footfall` table (zone x 15-minute interval).
+    pub footfall_rows: u64,
     pub acked_through: u64,
     pub cursor: u64,
 }
@@ -31,13 +33,14 @@ impl fmt::Display for VerifyReport {
         write!(
             f,
             "ledger OK: {} events, chain head {}, {} sales, {} price rows, {} stock items, \
-             {} stock adjustments, acked through {}, cursor {}",
+             {} stock adjustments, {} footfall rows, acked through {}, cursor {}",
             self.events,
             self.head_hash,
             self.sales,
             self.price_rows,
             self.stock_items,
             self.stock_adjustments,
+            self.footfall_rows,
             self.acked_through,
             self.cursor
         )
@@ -65,6 +68,7 @@ const TABLES: &[(&str, &str)] = &[
     ("stock", "gtin"),
     ("sales", "sale_id"),
     ("stock_adjustments", "adjustment_id"),
+    ("footfall", "zone, start_ms"),
 ];
 
 /// Verifies the ledger in `data_dir`. Safe while the agent runs (it reads one snapshot).
@@ -77,7 +81,7 @@ pub fn verify(data_dir: &Path) -> Result<VerifyReport, VerifyError> {
     fresh.execute_batch("BEGIN")?;
 
     let (events, head) = replay_chain(&real, &fresh)?;
-    let mut counts = [0u64; 4];
+    let mut counts = [0u64; TABLES.len()];
     for (i, (table, key)) in TABLES.iter().enumerate() {
         counts[i] = compare_table(&real, &fresh, table, key)?;
     }
@@ -101,6 +105,7 @@ pub fn verify(data_dir: &Path) -> Result<VerifyReport, VerifyError> {
         price_rows: counts[0],
         stock_items: counts[1],
         stock_adjustments: counts[3],
+        footfall_rows: counts[4],
         acked_through: acked,
         cursor: u64::try_from(cursor).unwrap_or(0),
     })
@@ -195,8 +200,19 @@ fn compare_table(
     table: &'static str,
     key: &str,
 ) -> Result<u64, VerifyError> {
+    // A ledger last opened by an agent older than the table has none: it holds no rows.
+    let exists: bool = real.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
+        [table],
+        |r| r.get(0),
+    )?;
     let sql = format!("SELECT * FROM {table} ORDER BY {key}");
-    let mut a = real.prepare(&sql)?;
+    let empty = format!("SELECT * FROM {table} WHERE 0");
+    let mut a = if exists {
+        real.prepare(&sql)?
+    } else {
+        fresh.prepare(&empty)?
+    };
     let mut b = fresh.prepare(&sql)?;
     let names: Vec<String> = a.column_names().iter().map(|s| s.to_string()).collect();
     let n = names.len();

@@ -17,8 +17,9 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use super::state::{self, StagedPrice, StoredBody};
 use super::{
-    ChangeOutcome, Contact, Counters, DB_FILE, LOCK_FILE, LedgerError, LedgerMetrics, LedgerView,
-    SaleReceipt, SaleRejection, SaleRequest, hlc_from_bytes, hlc_to_bytes,
+    ChangeOutcome, Contact, Counters, DB_FILE, FootfallBatch, LOCK_FILE, LedgerError,
+    LedgerMetrics, LedgerView, SaleReceipt, SaleRejection, SaleRequest, hlc_from_bytes,
+    hlc_to_bytes,
 };
 use crate::clock::{HubTime, WallClock};
 
@@ -61,6 +62,10 @@ pub(crate) enum Command {
         contact: Contact,
         reply: Reply<()>,
     },
+    Footfall {
+        batch: FootfallBatch,
+        reply: Reply<usize>,
+    },
     Close {
         reply: oneshot::Sender<()>,
     },
@@ -76,6 +81,7 @@ impl std::fmt::Debug for Command {
             Command::ResendFrom { .. } => "ResendFrom",
             Command::ResetCursor { .. } => "ResetCursor",
             Command::Contact { .. } => "Contact",
+            Command::Footfall { .. } => "Footfall",
             Command::Close { .. } => "Close",
         };
         f.write_str(name)
@@ -129,7 +135,9 @@ impl Done {
         Some(match cmd {
             Command::Sale { reply, .. } => Done::Sale(reply, Err(e().into())),
             Command::Changes { reply, .. } => Done::Changes(reply, Err(e())),
-            Command::ActivateDue { reply } => Done::Count(reply, Err(e())),
+            Command::ActivateDue { reply } | Command::Footfall { reply, .. } => {
+                Done::Count(reply, Err(e()))
+            }
             Command::Ack { reply, .. }
             | Command::ResendFrom { reply, .. }
             | Command::ResetCursor { reply }
@@ -558,6 +566,10 @@ fn run_group(
                     record_contact(c, h, time, Some(contact))
                 }),
             ),
+            Command::Footfall { batch, reply } => Done::Count(
+                reply,
+                in_savepoint(&mut tx, head, |c, h| write_footfall(c, h, time, batch)),
+            ),
             Command::Close { .. } => continue,
         };
         done.push(d);
@@ -874,6 +886,14 @@ fn apply_changes(
                 )?;
                 out.adjusted += 1;
             }
+            // Not applied yet: refusing keeps the cursor before the change, so nothing is lost.
+            ChangeBody::PickupOrder(_)
+            | ChangeBody::PickupCancelled(_)
+            | ChangeBody::PickupKey(_) => {
+                return Err(invalid(
+                    "pickup changes are not supported by this agent".into(),
+                ));
+            }
         }
     }
     out.activated = activate_due(conn, head, time.now())?;
@@ -916,6 +936,43 @@ fn activate_due(conn: &Connection, head: &mut Head, now: UtcMillis) -> Result<us
                     batch_id,
                     price,
                 },
+                staged: None,
+            },
+        )?;
+    }
+    Ok(n)
+}
+
+/// Camera ingestion's commit: its state snapshot and the intervals it closed, in one SAVEPOINT of
+/// the group's transaction. Every interval is checked before anything is written.
+fn write_footfall(
+    conn: &Connection,
+    head: &mut Head,
+    time: &HubTime,
+    batch: FootfallBatch,
+) -> Result<usize, LedgerError> {
+    for iv in &batch.intervals {
+        iv.validate().map_err(|e| {
+            LedgerError::Invalid(format!(
+                "footfall interval {} at {}: {e}",
+                iv.zone, iv.start.0
+            ))
+        })?;
+    }
+    let now = time.now();
+    conn.prepare_cached(
+        "INSERT INTO footfall_state (id, snapshot, updated_at) VALUES (1, ?1, ?2)
+         ON CONFLICT (id) DO UPDATE SET snapshot = excluded.snapshot, updated_at = excluded.updated_at",
+    )?
+    .execute(params![batch.state, now.0])?;
+    let n = batch.intervals.len();
+    for iv in batch.intervals {
+        append(
+            conn,
+            head,
+            now,
+            StoredBody {
+                body: EventBody::FootfallCounted(iv),
                 staged: None,
             },
         )?;
