@@ -1,13 +1,19 @@
 //! The `aisle-hub` command line.
 use std::net::SocketAddr;
+use std::time::Duration;
 
-use aisle_protocol::{Currency, GatewayId, StoreId};
+use aisle_protocol::{Currency, GatewayId, OrderId, StoreId};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
+use aisle_hub::api::orders::OrderBody;
 use aisle_hub::config::{DEFAULT_DB_URL, DEFAULT_LISTEN, HQ_TOKEN_ENV};
+use aisle_hub::pickup::sweeper::SweepSettings;
+use aisle_hub::pickup::webhook::{WEBHOOK_SECRET_ENV, WebhookSecret, WebhookSettings};
+use aisle_hub::pickup::{OrderFilter, OrderStatus};
 use aisle_hub::storage::{self, NewStore};
-use aisle_hub::{HqToken, HubConfig};
+use aisle_hub::timefmt::format_rfc3339;
+use aisle_hub::{HqToken, HubConfig, PickupSettings};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -25,10 +31,34 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve the HQ and sync APIs (HQ token from AISLE_HQ_TOKEN).
+    /// Serve the HQ and sync APIs (HQ token from AISLE_HQ_TOKEN; webhook secret from
+    /// AISLE_WEBHOOK_SECRET, or generated and stored in the database when unset).
     Serve {
         #[arg(long, default_value = DEFAULT_LISTEN)]
         listen: SocketAddr,
+        /// Delay before the first webhook retry, in milliseconds (doubled per attempt).
+        #[arg(long, env = "AISLE_WEBHOOK_RETRY_MS", default_value_t = 1_000)]
+        webhook_retry_ms: u64,
+        /// Longest delay between webhook retries, in seconds.
+        #[arg(long, env = "AISLE_WEBHOOK_RETRY_MAX_S", default_value_t = 600)]
+        webhook_retry_max_s: u64,
+        /// How long after an order's expiry the hub waits for the store before it expires the
+        /// order itself, in seconds.
+        #[arg(long, env = "AISLE_PICKUP_EXPIRY_GRACE_S", default_value_t = 86_400)]
+        expiry_grace_s: u64,
+        /// How often the expiry sweep runs, in seconds.
+        #[arg(long, env = "AISLE_PICKUP_SWEEP_S", default_value_t = 60)]
+        expiry_sweep_s: u64,
+    },
+    /// Read pickup orders.
+    Orders {
+        #[command(subcommand)]
+        command: OrdersCommand,
+    },
+    /// Webhook administration.
+    Webhook {
+        #[command(subcommand)]
+        command: WebhookCommand,
     },
     /// Manage stores.
     Store {
@@ -75,6 +105,31 @@ pub enum GatewayCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum OrdersCommand {
+    /// List orders, newest first: id, store, status, placed, pickup by, lines.
+    List {
+        #[arg(long)]
+        store: Option<String>,
+        /// placed, sent_to_store, picking, ready, collected, partially_collected, cancelled, expired
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Show one order as JSON (what GET /v1/orders/{id} answers).
+    Show { order_id: String },
+    /// Print the hub's pickup public key (`<key_id> <hex>`), if one was generated yet.
+    Key,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhookCommand {
+    /// Print the webhook secret stored in the database (generated now if there is none). A hub
+    /// started with AISLE_WEBHOOK_SECRET signs with that instead.
+    Secret,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum ChangesCommand {
     /// Delete price changes superseded by a higher version (no gateway needs to resync).
     Compact,
@@ -92,7 +147,85 @@ impl Cli {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { listen } => serve(listen, cli.db).await,
+        Command::Serve {
+            listen,
+            webhook_retry_ms,
+            webhook_retry_max_s,
+            expiry_grace_s,
+            expiry_sweep_s,
+        } => {
+            let pickups = PickupSettings {
+                webhook_secret: match std::env::var(WEBHOOK_SECRET_ENV) {
+                    Ok(s) => Some(WebhookSecret::new(&s).map_err(anyhow::Error::msg)?),
+                    Err(_) => None,
+                },
+                webhooks: WebhookSettings {
+                    backoff_base: Duration::from_millis(webhook_retry_ms.max(1)),
+                    backoff_max: Duration::from_secs(webhook_retry_max_s.max(1)),
+                    ..WebhookSettings::default()
+                },
+                sweep: SweepSettings {
+                    every: Duration::from_secs(expiry_sweep_s.max(1)),
+                    grace: Duration::from_secs(expiry_grace_s),
+                },
+            };
+            serve(listen, cli.db, pickups).await
+        }
+        Command::Orders { command } => {
+            let db = storage::open(&cli.db).await?;
+            match command {
+                OrdersCommand::List {
+                    store,
+                    status,
+                    limit,
+                } => {
+                    let filter = OrderFilter {
+                        store: store.as_deref().map(StoreId::parse).transpose()?,
+                        status: status
+                            .as_deref()
+                            .map(OrderStatus::parse)
+                            .transpose()
+                            .map_err(anyhow::Error::msg)?,
+                        limit: limit.max(1),
+                    };
+                    for o in db.list_orders(&filter).await? {
+                        println!(
+                            "{}\t{}\t{}\t{}\t{}\t{}",
+                            o.order_id,
+                            o.store,
+                            o.status.as_str(),
+                            format_rfc3339(o.placed_at),
+                            format_rfc3339(o.pickup_by),
+                            o.lines
+                        );
+                    }
+                }
+                OrdersCommand::Show { order_id } => {
+                    let id = OrderId::parse(&order_id)?;
+                    let Some(view) = db.order(&id).await? else {
+                        bail!("unknown order {id}");
+                    };
+                    println!("{}", serde_json::to_string_pretty(&OrderBody::from(view))?);
+                }
+                OrdersCommand::Key => match db.pickup_key().await? {
+                    Some(k) => println!("{} {}", k.key_id, k.public_key),
+                    None => eprintln!("no pickup key yet: it is generated with the first order"),
+                },
+            }
+            Ok(())
+        }
+        Command::Webhook {
+            command: WebhookCommand::Secret,
+        } => {
+            let db = storage::open(&cli.db).await?;
+            if std::env::var_os(WEBHOOK_SECRET_ENV).is_some() {
+                eprintln!(
+                    "note: {WEBHOOK_SECRET_ENV} is set; a hub started with it signs with that, not with this stored secret"
+                );
+            }
+            println!("{}", db.webhook_secret().await?);
+            Ok(())
+        }
         Command::Store { command } => {
             let db = storage::open(&cli.db).await?;
             match command {
@@ -148,7 +281,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn serve(listen: SocketAddr, db: String) -> anyhow::Result<()> {
+async fn serve(listen: SocketAddr, db: String, pickups: PickupSettings) -> anyhow::Result<()> {
     let token = match std::env::var(HQ_TOKEN_ENV) {
         Ok(t) => t,
         Err(_) => bail!(
@@ -165,6 +298,7 @@ async fn serve(listen: SocketAddr, db: String) -> anyhow::Result<()> {
         listen,
         db_url: db,
         hq_token,
+        pickups,
     })
     .await?;
     eprintln!("aisle-hub listening on {}", hub.base_url());

@@ -60,6 +60,8 @@ pub struct HubConfig {
     pub listen: SocketAddr,
     pub db_url: String,
     pub hq_token: HqToken,
+    /// Click-and-collect: webhook secret (`AISLE_WEBHOOK_SECRET`) and delivery, expiry sweep.
+    pub pickups: crate::PickupSettings,
 }
 
 #[cfg(test)]

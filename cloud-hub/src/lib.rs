@@ -1,25 +1,31 @@
 //! aisle-hub: the HQ hub of Aisle. It takes price batches from HQ, keeps a changefeed per store,
 //! serves gateways the sync protocol of `aisle_protocol::sync`, and stores what stores upload
-//! (sales, stock movements, price confirmations) exactly once.
+//! (sales, stock movements, price confirmations, footfall) exactly once. HQ reads it back as
+//! reports, among them footfall and conversion per store ([`footfall`]). It also runs
+//! click-and-collect for HQ's order system ([`pickup`]): orders, pickup tokens, the stores'
+//! progress, expiry and signed webhooks.
 //!
 //! Run it in-process (tests, benches) with [`serve`] or [`HubServer`]; the `aisle-hub` binary is
 //! a thin CLI over this library.
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 pub mod api;
 pub mod changefeed;
 pub mod config;
+pub mod footfall;
 pub mod metrics;
+pub mod pickup;
 pub mod price_batch;
 pub mod storage;
 pub mod testsupport;
 pub mod timefmt;
 
 pub use config::{HqToken, HubConfig};
+pub use pickup::PickupSettings;
 pub use storage::{HubStorage, StorageError};
 
 /// Why the hub could not start or stopped badly.
@@ -36,6 +42,8 @@ pub enum HubError {
     Serve(std::io::Error),
     #[error("the HTTP server task failed: {0}")]
     Task(String),
+    #[error("webhooks: {0}")]
+    Webhooks(String),
 }
 
 /// A hub over an already opened storage.
@@ -43,11 +51,23 @@ pub enum HubError {
 pub struct HubServer {
     storage: Arc<dyn HubStorage>,
     hq_token: HqToken,
+    pickups: PickupSettings,
 }
 
 impl HubServer {
+    /// A hub with the default click-and-collect settings.
     pub fn new(storage: Arc<dyn HubStorage>, hq_token: HqToken) -> Self {
-        HubServer { storage, hq_token }
+        HubServer {
+            storage,
+            hq_token,
+            pickups: PickupSettings::default(),
+        }
+    }
+
+    /// Click-and-collect settings (webhook secret and delivery, expiry sweep).
+    pub fn with_pickups(mut self, pickups: PickupSettings) -> Self {
+        self.pickups = pickups;
+        self
     }
 
     /// Binds `listen` (use port 0 for any free port) and serves until [`HubHandle::shutdown`].
@@ -62,13 +82,39 @@ impl HubServer {
             addr: listen,
             source,
         })?;
+        let secret = match self.pickups.webhook_secret.clone() {
+            Some(s) => s,
+            None => pickup::webhook::WebhookSecret::new(&self.storage.webhook_secret().await?)
+                .map_err(HubError::Webhooks)?,
+        };
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let metrics = Arc::new(metrics::HubMetrics::new());
+        let webhooks = Arc::new(Notify::new());
         let state = api::AppState {
             storage: self.storage.clone(),
             hq_token: self.hq_token,
-            metrics: Arc::new(metrics::HubMetrics::new()),
+            metrics: metrics.clone(),
             shutdown: shutdown_rx.clone(),
+            webhooks: webhooks.clone(),
         };
+        let worker = pickup::webhook::WebhookWorker::new(
+            self.storage.clone(),
+            metrics.clone(),
+            secret,
+            self.pickups.webhooks.clone(),
+            webhooks.clone(),
+        )
+        .map_err(HubError::Webhooks)?;
+        let background = vec![
+            tokio::spawn(worker.run(shutdown_rx.clone())),
+            tokio::spawn(pickup::sweeper::run(
+                self.storage.clone(),
+                metrics,
+                self.pickups.sweep.clone(),
+                webhooks,
+                shutdown_rx.clone(),
+            )),
+        ];
         let app = api::router(state);
         let mut stop = shutdown_rx;
         let task = tokio::spawn(async move {
@@ -84,6 +130,7 @@ impl HubServer {
             storage: self.storage,
             shutdown: shutdown_tx,
             task,
+            background,
         })
     }
 }
@@ -92,6 +139,7 @@ impl HubServer {
 pub async fn serve(config: HubConfig) -> Result<HubHandle, HubError> {
     let storage = storage::open(&config.db_url).await?;
     HubServer::new(storage, config.hq_token)
+        .with_pickups(config.pickups)
         .start(config.listen)
         .await
 }
@@ -103,6 +151,8 @@ pub struct HubHandle {
     storage: Arc<dyn HubStorage>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<std::io::Result<()>>,
+    /// The webhook worker and the expiry sweeper.
+    background: Vec<JoinHandle<()>>,
 }
 
 impl HubHandle {
@@ -122,12 +172,19 @@ impl HubHandle {
     }
 
     /// Stops accepting connections, ends waiting long-polls at once, lets in-flight requests
-    /// finish, and waits for the server to stop.
+    /// finish, and waits for the server to stop. Webhook deliveries still in flight are
+    /// abandoned: their outbox rows are retried when their lease runs out (at least once).
     pub async fn shutdown(self) -> Result<(), HubError> {
         let _ = self.shutdown.send(true);
-        self.task
+        let served = self
+            .task
             .await
             .map_err(|e| HubError::Task(e.to_string()))?
-            .map_err(HubError::Serve)
+            .map_err(HubError::Serve);
+        for task in self.background {
+            task.abort();
+            let _ = task.await;
+        }
+        served
     }
 }

@@ -24,6 +24,12 @@ pub struct HubMetrics {
     pub long_polls_waiting: Gauge,
     pub price_batches: Counter,
     pub price_batch_items: Counter,
+    pub orders_created: Counter,
+    pub orders_cancelled: Counter,
+    pub orders_expired_by_hub: Counter,
+    pub webhooks_delivered: Counter,
+    pub webhook_failures: Counter,
+    pub webhooks_pending: Gauge,
 }
 
 impl Default for HubMetrics {
@@ -71,8 +77,50 @@ impl HubMetrics {
             "Price rows in stored batches",
             price_batch_items.clone(),
         );
+        let orders_created = Counter::default();
+        registry.register(
+            "orders_created",
+            "Pickup orders placed (identical retries not counted)",
+            orders_created.clone(),
+        );
+        let orders_cancelled = Counter::default();
+        registry.register(
+            "orders_cancelled",
+            "Pickup orders cancelled by HQ",
+            orders_cancelled.clone(),
+        );
+        let orders_expired_by_hub = Counter::default();
+        registry.register(
+            "orders_expired_by_hub",
+            "Pickup orders the hub expired because the store said nothing in time",
+            orders_expired_by_hub.clone(),
+        );
+        let webhooks_delivered = Counter::default();
+        registry.register(
+            "webhooks_delivered",
+            "Webhooks delivered (a 2xx answer)",
+            webhooks_delivered.clone(),
+        );
+        let webhook_failures = Counter::default();
+        registry.register(
+            "webhook_failures",
+            "Webhook attempts that failed (non-2xx, timeout, connection error); each is retried",
+            webhook_failures.clone(),
+        );
+        let webhooks_pending = Gauge::default();
+        registry.register(
+            "webhooks_pending",
+            "Webhooks in the outbox not delivered yet (as last seen by this process's worker)",
+            webhooks_pending.clone(),
+        );
         HubMetrics {
             registry,
+            orders_created,
+            orders_cancelled,
+            orders_expired_by_hub,
+            webhooks_delivered,
+            webhook_failures,
+            webhooks_pending,
             requests,
             events_ingested,
             changes_served,

@@ -410,6 +410,9 @@ async fn tokens_and_store_boundaries_are_enforced() {
         "/v1/stores/S002/stock",
         "/v1/stores/S002/sales",
         "/v1/stores/S999/sales",
+        "/v1/stores/S002/footfall",
+        "/v1/stores/S002/footfall.svg",
+        "/v1/stores/S999/footfall?interval=nonsense",
     ] {
         check(
             hub.req(Method::GET, path, Some(&hub.gw))
@@ -667,7 +670,7 @@ async fn openapi_documents_exactly_the_routes_the_router_serves() {
         .map(|r| (r.method.to_owned(), r.path.to_owned()))
         .collect();
     assert_eq!(documented, served, "openapi.json and the router disagree");
-    assert_eq!(served.len(), 10);
+    assert_eq!(served.len(), 16);
     // And the live router really answers each of them (the fallback would say "no route").
     for (method, path) in &served {
         let path = path.replace("{id}", "S001");
@@ -912,7 +915,7 @@ async fn uploads_sales_stock_and_adjustments_over_http() {
         .unwrap();
     assert_eq!(
         one,
-        json!({"store": "S001", "gtin": format!("0{G1}"), "on_hand": 7})
+        json!({"store": "S001", "gtin": format!("0{G1}"), "on_hand": 7, "reserved": 0, "available": 7})
     );
     let all: Value = hub
         .req(Method::GET, "/v1/stores/S001/stock", Some(&hub.gw))
@@ -924,7 +927,10 @@ async fn uploads_sales_stock_and_adjustments_over_http() {
         .unwrap();
     assert_eq!(
         all["items"],
-        json!([{"gtin": format!("0{G2}"), "on_hand": -1}, {"gtin": format!("0{G1}"), "on_hand": 7}])
+        json!([
+            {"gtin": format!("0{G2}"), "on_hand": -1, "reserved": 0, "available": -1},
+            {"gtin": format!("0{G1}"), "on_hand": 7, "reserved": 0, "available": 7}
+        ])
     );
     // The adjustment reaches the store on its changefeed.
     let page = hub.changes(&hub.gw, "after=0").await;

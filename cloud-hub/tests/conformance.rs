@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use aisle_hub::price_batch::{BatchStores, ItemOrigin, PriceBatch, PriceItem};
 use aisle_hub::storage::{
-    self, AuthenticatedGateway, BatchReceipt, GatewayCredential, HubStorage, NewStockAdjustment,
-    NewStore, SalesSince, StorageError,
+    self, AuthenticatedGateway, BatchReceipt, FootfallQuery, FootfallTally, GatewayCredential,
+    HubStorage, NewStockAdjustment, NewStore, SalesSince, StorageError,
 };
 use aisle_hub::testsupport::TempPostgres;
 use aisle_protocol::sync::{
-    ChangeBody, EventBody, LedgerEvent, Payment, PaymentMethod, SaleLine, SaleRecord,
+    ChangeBody, EventBody, FootfallInterval, LedgerEvent, Payment, PaymentMethod, SaleLine,
+    SaleRecord,
 };
 use aisle_protocol::{BatchId, Currency, EventId, Gtin, Hlc, Money, SaleId, StoreId, UtcMillis};
 
@@ -131,6 +132,74 @@ fn activated(seq: u64, batch: &BatchId, n: u64) -> LedgerEvent {
     )
 }
 
+const QUARTER: i64 = 15 * 60 * 1000;
+const HOUR: i64 = 4 * QUARTER;
+/// 2026-11-22T00:00:00Z.
+const DAY0: i64 = 1_795_305_600_000;
+
+/// A FootfallCounted event for `zone` and the 15-minute interval starting at `start`, emitted at
+/// `at`.
+fn footfall(
+    seq: u64,
+    at: i64,
+    zone: &str,
+    start: i64,
+    (entered, exited): (u64, u64),
+    occupancy: Option<u64>,
+    missing: &[&str],
+) -> LedgerEvent {
+    event(
+        seq,
+        at,
+        EventBody::FootfallCounted(FootfallInterval {
+            zone: zone.into(),
+            start: UtcMillis(start),
+            end: UtcMillis(start + QUARTER),
+            entered,
+            exited,
+            occupancy,
+            cameras_missing: missing.iter().map(|c| c.to_string()).collect(),
+        }),
+    )
+}
+
+async fn footfall_of(
+    db: &Db,
+    store: &StoreId,
+    from: i64,
+    to: i64,
+    width: i64,
+) -> Vec<FootfallTally> {
+    let q = FootfallQuery::new(UtcMillis(from), UtcMillis(to), width).unwrap();
+    db.footfall(store, &q).await.unwrap()
+}
+
+/// (bucket start offset from DAY0 in minutes, entered, exited, occupancy, slots, events,
+/// cameras missing, transactions): the whole tally, compact enough to compare at a glance.
+type Row = (i64, u64, u64, Option<u64>, u64, u64, Vec<String>, u64);
+
+fn rows(tallies: &[FootfallTally]) -> Vec<Row> {
+    tallies
+        .iter()
+        .map(|t| {
+            (
+                (t.start.0 - DAY0) / 60_000,
+                t.entered,
+                t.exited,
+                t.occupancy,
+                t.slots_reported,
+                t.events,
+                t.cameras_missing.clone(),
+                t.transactions,
+            )
+        })
+        .collect()
+}
+
+fn names(n: &[&str]) -> Vec<String> {
+    n.iter().map(|s| s.to_string()).collect()
+}
+
 /// (gtin, version) of every price change of `store`, read from cursor 0.
 /// The versions the hub should have issued, by its rule: each batch gives an item
 /// max(previous version + 1, the batch's creation time in ms), so a hub restored from an older
@@ -161,7 +230,7 @@ async fn price_versions(db: &Db, store: &StoreId) -> Vec<(Gtin, u64)> {
         .into_iter()
         .filter_map(|c| match c.body {
             ChangeBody::Price(p) => Some((p.gtin, p.version)),
-            ChangeBody::StockAdjustment(_) => None,
+            _ => None,
         })
         .collect()
 }
@@ -838,7 +907,7 @@ fn price_versions_of(page: &aisle_protocol::sync::ChangePage) -> Vec<(Gtin, u64)
         .iter()
         .filter_map(|c| match &c.body {
             ChangeBody::Price(p) => Some((p.gtin, p.version)),
-            ChangeBody::StockAdjustment(_) => None,
+            _ => None,
         })
         .collect()
 }
@@ -976,6 +1045,196 @@ async fn long_poll_doorbell_rings_after_commit(db: Db) {
     );
 }
 
+async fn footfall_sums_intervals_and_replays_add_nothing(db: Db) {
+    let s1 = add_store(&db, "S001").await;
+    let s2 = add_store(&db, "S002").await;
+    let gw = add_gateway(&db, &s1).await;
+    let gw_s2 = add_gateway(&db, &s2).await;
+    let h8 = DAY0 + 8 * HOUR;
+    let events = vec![
+        // 08:00-08:15: two entrances, and a late re-emission for the north one (additive).
+        footfall(1, h8 + QUARTER + 5, "north", h8, (10, 4), Some(6), &[]),
+        footfall(2, h8 + QUARTER + 5, "south", h8, (5, 1), None, &[]),
+        sale(3, "s-1", h8 + 5 * 60_000, &[(1, 1, 100)]),
+        footfall(4, h8 + 2 * QUARTER, "north", h8, (2, 0), None, &[]),
+        // 08:15-08:30: a camera of the north entrance was offline for part of it.
+        footfall(
+            5,
+            h8 + 2 * QUARTER + 5,
+            "north",
+            h8 + QUARTER,
+            (3, 3),
+            Some(9),
+            &["cam-2"],
+        ),
+        footfall(
+            6,
+            h8 + 2 * QUARTER + 5,
+            "south",
+            h8 + QUARTER,
+            (1, 0),
+            Some(7),
+            &["cam-9", "cam-2"],
+        ),
+        sale(7, "s-2", h8 + 20 * 60_000, &[(1, 2, 100)]),
+        // 09:30: a sale, no footfall. 10:00: outside the queried range.
+        sale(8, "s-3", h8 + HOUR + 30 * 60_000, &[(1, 1, 100)]),
+        footfall(
+            9,
+            h8 + 2 * HOUR + QUARTER,
+            "north",
+            h8 + 2 * HOUR,
+            (50, 50),
+            Some(1),
+            &[],
+        ),
+    ];
+    assert_eq!(
+        db.ingest_events(&gw.gateway_id, &events)
+            .await
+            .unwrap()
+            .acked_through,
+        9
+    );
+    // Another store's footfall stays its own.
+    db.ingest_events(
+        &gw_s2.gateway_id,
+        &[footfall(
+            1,
+            h8 + QUARTER,
+            "north",
+            h8,
+            (99, 99),
+            Some(99),
+            &[],
+        )],
+    )
+    .await
+    .unwrap();
+
+    let quarters = vec![
+        (8 * 60, 17, 5, Some(6), 1, 3, vec![], 1),
+        (
+            8 * 60 + 15,
+            4,
+            3,
+            Some(9),
+            1,
+            2,
+            names(&["cam-2", "cam-9"]),
+            1,
+        ),
+        (9 * 60 + 30, 0, 0, None, 0, 0, vec![], 1),
+    ];
+    let hours = vec![
+        // Occupancy from the latest interval that reported one (08:15); its two events were
+        // emitted at the same instant, so the higher value.
+        (8 * 60, 21, 8, Some(9), 2, 5, names(&["cam-2", "cam-9"]), 2),
+        (9 * 60, 0, 0, None, 0, 0, vec![], 1),
+    ];
+    let check = |db: Db| {
+        let (quarters, hours) = (quarters.clone(), hours.clone());
+        let s1 = s1.clone();
+        async move {
+            assert_eq!(
+                rows(&footfall_of(&db, &s1, h8, h8 + 2 * HOUR, QUARTER).await),
+                quarters
+            );
+            assert_eq!(
+                rows(&footfall_of(&db, &s1, h8, h8 + 2 * HOUR, HOUR).await),
+                hours
+            );
+        }
+    };
+    check(db.clone()).await;
+
+    // The same upload again, an older part of it, and a replaced gateway replaying the same
+    // event ids: nothing is counted twice.
+    assert_eq!(
+        db.ingest_events(&gw.gateway_id, &events)
+            .await
+            .unwrap()
+            .acked_through,
+        9
+    );
+    db.ingest_events(&gw.gateway_id, &events[..3])
+        .await
+        .unwrap();
+    let replaced = add_gateway(&db, &s1).await;
+    db.ingest_events(&replaced.gateway_id, &events)
+        .await
+        .unwrap();
+    check(db.clone()).await;
+
+    // A day bucket holds all of it: 08:00, 08:15 and 10:00 reported, 93 intervals missing.
+    let day = footfall_of(&db, &s1, DAY0, DAY0 + 24 * HOUR, 24 * HOUR).await;
+    assert_eq!(
+        rows(&day),
+        vec![(0, 71, 58, Some(1), 3, 6, names(&["cam-2", "cam-9"]), 3)]
+    );
+    // Another store, an empty range, a range before anything.
+    assert_eq!(
+        rows(&footfall_of(&db, &s2, h8, h8 + HOUR, HOUR).await),
+        vec![(8 * 60, 99, 99, Some(99), 1, 1, vec![], 0)]
+    );
+    assert!(footfall_of(&db, &s1, DAY0, h8, HOUR).await.is_empty());
+    let s3 = add_store(&db, "S003").await;
+    assert!(
+        footfall_of(&db, &s3, DAY0, DAY0 + 24 * HOUR, HOUR)
+            .await
+            .is_empty()
+    );
+}
+
+async fn footfall_occupancy_is_the_latest_reported(db: Db) {
+    let s1 = add_store(&db, "S001").await;
+    let gw = add_gateway(&db, &s1).await;
+    let h8 = DAY0 + 8 * HOUR;
+    let events = vec![
+        // 08:30 is the latest interval with an occupancy; of its two events the one the store
+        // emitted later counts, even though it is lower.
+        footfall(
+            1,
+            h8 + 3 * QUARTER + 5,
+            "north",
+            h8 + 2 * QUARTER,
+            (1, 0),
+            Some(40),
+            &[],
+        ),
+        footfall(
+            2,
+            h8 + 3 * QUARTER + 9,
+            "south",
+            h8 + 2 * QUARTER,
+            (1, 0),
+            Some(12),
+            &[],
+        ),
+        // 08:45 reports no occupancy; 08:00 reports a higher one, but earlier.
+        footfall(
+            3,
+            h8 + 4 * QUARTER + 5,
+            "north",
+            h8 + 3 * QUARTER,
+            (1, 0),
+            None,
+            &[],
+        ),
+        footfall(4, h8 + QUARTER + 5, "north", h8, (1, 0), Some(80), &[]),
+    ];
+    db.ingest_events(&gw.gateway_id, &events).await.unwrap();
+    let hour = footfall_of(&db, &s1, h8, h8 + HOUR, HOUR).await;
+    assert_eq!(hour.len(), 1);
+    assert_eq!(
+        (hour[0].occupancy, hour[0].entered, hour[0].slots_reported),
+        (Some(12), 4, 3)
+    );
+    let quarters = footfall_of(&db, &s1, h8, h8 + HOUR, QUARTER).await;
+    let occ: Vec<_> = quarters.iter().map(|t| t.occupancy).collect();
+    assert_eq!(occ, vec![Some(80), Some(12), None]);
+}
+
 // ---------- running each body on both backends ----------
 
 async fn sqlite_db() -> (tempfile::TempDir, Db) {
@@ -1033,6 +1292,8 @@ conformance!(
     identical_uploads_at_once_have_one_effect,
     concurrent_writers_never_skip_a_reader,
     long_poll_doorbell_rings_after_commit,
+    footfall_sums_intervals_and_replays_add_nothing,
+    footfall_occupancy_is_the_latest_reported,
 );
 
 #[tokio::test]
@@ -1044,4 +1305,74 @@ async fn unsupported_urls_are_refused_clearly() {
         !msg.contains("secret"),
         "passwords never appear in messages: {msg}"
     );
+}
+
+// ---------- upgrading a version 1 database ----------
+
+const DOWNGRADE_TO_V1: &str = "DELETE FROM footfall; DELETE FROM schema_version;
+     INSERT INTO schema_version (version) VALUES (1);";
+
+/// Uploads footfall and a sale, and returns the hour report's rows.
+async fn seed_footfall(db: &Db) -> (StoreId, Vec<Row>) {
+    let s1 = add_store(db, "S001").await;
+    let gw = add_gateway(db, &s1).await;
+    let h8 = DAY0 + 8 * HOUR;
+    db.ingest_events(
+        &gw.gateway_id,
+        &[
+            footfall(1, h8 + QUARTER, "north", h8, (4, 1), Some(3), &["cam-1"]),
+            sale(2, "s-1", h8 + 60_000, &[(1, 1, 100)]),
+            footfall(3, h8 + QUARTER, "south", h8, (2, 2), None, &[]),
+        ],
+    )
+    .await
+    .unwrap();
+    let report = rows(&footfall_of(db, &s1, h8, h8 + HOUR, HOUR).await);
+    assert_eq!(
+        report,
+        vec![(8 * 60, 6, 3, Some(3), 1, 2, names(&["cam-1"]), 1)]
+    );
+    (s1, report)
+}
+
+async fn hour_rows(db: &Db, store: &StoreId) -> Vec<Row> {
+    let h8 = DAY0 + 8 * HOUR;
+    rows(&footfall_of(db, store, h8, h8 + HOUR, HOUR).await)
+}
+
+/// A version 1 database holds FootfallCounted events but no footfall rows: this build derives
+/// them once when it opens it, and counts each event once however often it is opened.
+#[tokio::test]
+async fn sqlite_footfall_rows_are_backfilled_from_version_1() {
+    let (dir, db) = sqlite_db().await;
+    let (s1, report) = seed_footfall(&db).await;
+    drop(db);
+    let path = dir.path().join("hub.db");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(DOWNGRADE_TO_V1).unwrap();
+    drop(conn);
+    let url = format!("sqlite://{}", path.display());
+    for _ in 0..2 {
+        let db = storage::open(&url).await.unwrap();
+        assert_eq!(hour_rows(&db, &s1).await, report);
+    }
+}
+
+#[tokio::test]
+async fn postgres_footfall_rows_are_backfilled_from_version_1() {
+    let (pg, db) = postgres_db().await;
+    let (s1, report) = seed_footfall(&db).await;
+    drop(db);
+    let (client, conn) = tokio_postgres::connect(pg.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    client.batch_execute(DOWNGRADE_TO_V1).await.unwrap();
+    drop(client);
+    let _ = conn.await;
+    for _ in 0..2 {
+        let db = storage::open(pg.url()).await.unwrap();
+        assert_eq!(hour_rows(&db, &s1).await, report);
+    }
+    pg.cleanup().await.unwrap();
 }

@@ -28,12 +28,14 @@ use crate::metrics::{HubMetrics, RequestLabels};
 use crate::price_batch::BatchError;
 use crate::storage::{AuthenticatedGateway, HubStorage, StorageError, Store};
 
+pub mod footfall;
 pub mod health;
+pub mod orders;
 pub mod price_batches;
 pub mod stores;
 pub mod sync;
 
-/// Largest body of small JSON requests (stock adjustments).
+/// Largest body of small JSON requests (stock adjustments, orders).
 pub const MAX_SMALL_BODY_BYTES: usize = 64 * 1024;
 
 /// What every handler can reach.
@@ -44,6 +46,8 @@ pub struct AppState {
     pub metrics: Arc<HubMetrics>,
     /// Turns true when the server begins to shut down: long-polls answer at once.
     pub shutdown: watch::Receiver<bool>,
+    /// Wakes the webhook worker after something may have queued a webhook.
+    pub webhooks: Arc<tokio::sync::Notify>,
 }
 
 /// An API failure; the only place errors become HTTP status codes.
@@ -138,10 +142,15 @@ impl From<StorageError> for ApiError {
                 ApiError::Unprocessable(msg)
             }
             S::InvalidEvent { .. } => ApiError::BadRequest(msg),
-            S::StoreExists(_) | S::EventConflict { .. } | S::AdjustmentConflict(_) => {
-                ApiError::Conflict(msg)
+            S::StoreExists(_)
+            | S::EventConflict { .. }
+            | S::AdjustmentConflict(_)
+            | S::OrderMismatch(_)
+            | S::InsufficientStock { .. }
+            | S::CannotCancel(_) => ApiError::Conflict(msg),
+            S::UnknownBatch(_) | S::UnknownOrder(_) | S::UnknownProduct { .. } => {
+                ApiError::NotFound(msg)
             }
-            S::UnknownBatch(_) => ApiError::NotFound(msg),
             S::UnknownGateway(_) | S::BadCredential => ApiError::Unauthorized(msg),
             S::BatchTooLarge(_) => ApiError::PayloadTooLarge(msg),
             S::SeqGap { expected_from } => ApiError::SeqGap {
@@ -458,10 +467,20 @@ fn table() -> RouteTable {
         .get("/v1/price-batches/{id}", price_batches::progress)
         .get("/v1/stores/{id}/sales", stores::sales)
         .get("/v1/stores/{id}/stock", stores::stock)
+        .get("/v1/stores/{id}/footfall", footfall::footfall)
+        .get("/v1/stores/{id}/footfall.svg", footfall::chart)
         .post(
             "/v1/stores/{id}/stock-adjustments",
             MAX_SMALL_BODY_BYTES,
             stores::adjust,
+        )
+        .post("/v1/orders", MAX_SMALL_BODY_BYTES, orders::create)
+        .get("/v1/orders", orders::list)
+        .get("/v1/orders/{id}", orders::get)
+        .post(
+            "/v1/orders/{id}/cancel",
+            MAX_SMALL_BODY_BYTES,
+            orders::cancel,
         )
         .get(path::CHANGES, sync::changes)
         .post(path::EVENTS, MAX_BODY_BYTES, sync::events)

@@ -112,6 +112,10 @@ pub enum StockBody {
         store: StoreId,
         gtin: Gtin,
         on_hand: i64,
+        /// Held by open pickup orders.
+        reserved: i64,
+        /// on_hand - reserved: what a new pickup order may still take.
+        available: i64,
     },
     All {
         store: StoreId,
@@ -123,6 +127,8 @@ pub enum StockBody {
 pub struct StockItem {
     pub gtin: Gtin,
     pub on_hand: i64,
+    pub reserved: i64,
+    pub available: i64,
 }
 
 /// `GET /v1/stores/{id}/stock?gtin=` (HQ, or the store's own gateway).
@@ -140,10 +146,13 @@ pub async fn stock(
             let gtin =
                 Gtin::parse(g.trim()).map_err(|e| ApiError::BadRequest(format!("gtin: {e}")))?;
             let on_hand = state.storage.stock(&store.id, &gtin).await?;
+            let reserved = state.storage.reserved(&store.id, &gtin).await?;
             Ok(Json(StockBody::One {
                 store: store.id,
                 gtin,
                 on_hand,
+                reserved,
+                available: on_hand.saturating_sub(reserved),
             }))
         }
         None => {
@@ -154,7 +163,9 @@ pub async fn stock(
                     .into_iter()
                     .map(|l| StockItem {
                         gtin: l.gtin,
+                        available: l.available(),
                         on_hand: l.on_hand,
+                        reserved: l.reserved,
                     })
                     .collect(),
             }))

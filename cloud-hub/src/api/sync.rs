@@ -81,6 +81,10 @@ pub async fn events(
         .ingest_events(&gateway.gateway_id, &events)
         .await?;
     state.metrics.events_ingested.inc_by(events.len() as u64);
+    if events.iter().any(|e| e.body.kind().starts_with("pickup_")) {
+        // A pickup event may have queued a webhook.
+        state.webhooks.notify_one();
+    }
     Ok(Json(ack))
 }
 

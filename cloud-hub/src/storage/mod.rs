@@ -7,30 +7,49 @@
 //! - Changefeed cursors never skip: a change never commits with a lower seq than one already
 //!   visible to a reader (PostgreSQL serialises changefeed writers; SQLite has one writer).
 //! - Uploads are stored under UNIQUE (gateway, seq) with the gateway's row locked, and every side
-//!   effect (sale, stock delta, batch progress) is keyed by event id: replays change nothing.
+//!   effect (sale, stock delta, batch progress, footfall row, pickup transition) is keyed by event
+//!   id: replays change nothing.
+//! - Pickup orders move only through [`crate::pickup::machine`], with their status history,
+//!   stock, conflicts and webhook outbox rows written in the same transaction as the cause.
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
+use aisle_protocol::pickup::{MAX_ORDER_LINES, PickupKey, check_label};
 use aisle_protocol::sync::{
-    ChangeBody, ChangePage, EventBody, LedgerEvent, MAX_EVENTS_PER_UPLOAD, SaleRecord,
-    StockAdjustment, UploadAck,
+    ChangeBody, ChangePage, EventBody, FOOTFALL_INTERVAL_MS, FootfallInterval, LedgerEvent,
+    MAX_EVENTS_PER_UPLOAD, MAX_FOOTFALL_CAMERAS, SaleRecord, StockAdjustment, UploadAck,
 };
-use aisle_protocol::{BatchId, Currency, EventId, GatewayId, Gtin, StoreId, UtcMillis};
+use aisle_protocol::{BatchId, Currency, EventId, GatewayId, Gtin, OrderId, StoreId, UtcMillis};
 use async_trait::async_trait;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 use crate::changefeed::ChangeSubscription;
+use crate::pickup::{
+    CancelReceipt, NewOrder, OrderFilter, OrderReceipt, OrderSummary, OrderView, WebhookDelivery,
+};
 use crate::price_batch::PriceBatch;
 
 pub mod postgres;
+mod postgres_orders;
 pub mod sqlite;
+mod sqlite_orders;
 
 pub use postgres::PgStorage;
 pub use sqlite::SqliteStorage;
 
 /// Schema version this build writes; a database with a higher one is refused.
-pub const SCHEMA_VERSION: i64 = 1;
+/// 2: the `footfall` table, filled from FootfallCounted events (an older hub would store those
+/// events without their footfall rows, so it must not open a version 2 database).
+/// 3: click-and-collect: orders, their lines, history, conflicts, stock reservations, the
+/// pickup signing key, hub secrets, pickup event keys and the webhook outbox. An older hub
+/// would refuse the stores' pickup events and neither expire orders nor deliver webhooks.
+pub const SCHEMA_VERSION: i64 = 3;
+/// Most buckets one footfall query may span.
+pub const MAX_FOOTFALL_BUCKETS: i64 = 3_000;
+/// One UTC day in milliseconds.
+pub const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 /// Largest absolute stock delta in one adjustment.
 pub const MAX_STOCK_DELTA: i64 = 1_000_000;
 /// Longest adjustment reason, in characters.
@@ -55,6 +74,28 @@ pub enum StorageError {
     UnknownGateway(GatewayId),
     #[error("unknown price batch {0}")]
     UnknownBatch(BatchId),
+    #[error("unknown order {0}")]
+    UnknownOrder(OrderId),
+    #[error("order {0} was already placed with different content; an order id names one order")]
+    OrderMismatch(OrderId),
+    #[error("line {line}: store {store} does not sell {gtin} (the hub has no price for it there)")]
+    UnknownProduct {
+        line: usize,
+        gtin: Gtin,
+        store: StoreId,
+    },
+    #[error(
+        "line {line}: not enough stock of {gtin} at store {store}: {requested} requested, {available} available"
+    )]
+    InsufficientStock {
+        line: usize,
+        gtin: Gtin,
+        store: StoreId,
+        requested: u32,
+        available: i64,
+    },
+    #[error("{0}")]
+    CannotCancel(String),
     /// Unknown gateway, wrong secret or revoked: deliberately indistinguishable to the caller.
     #[error("the gateway credential is not valid")]
     BadCredential,
@@ -271,11 +312,21 @@ pub struct SalesPage {
     pub more: bool,
 }
 
-/// Stock on hand of one GTIN at one store.
+/// Stock of one GTIN at one store.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StockLevel {
     pub gtin: Gtin,
+    /// Sum of every stock delta.
     pub on_hand: i64,
+    /// Held by open pickup orders.
+    pub reserved: i64,
+}
+
+impl StockLevel {
+    /// What a new pickup order may still reserve.
+    pub fn available(&self) -> i64 {
+        self.on_hand.saturating_sub(self.reserved)
+    }
 }
 
 /// A stock adjustment from HQ (goods received, a count, a reservation).
@@ -351,6 +402,90 @@ pub struct CompactionReport {
     pub per_store: Vec<(StoreId, u64)>,
 }
 
+/// A footfall read: `[from, to)` in buckets of `bucket_ms`, every bound aligned to the bucket
+/// width counted from the Unix epoch (so buckets are aligned to UTC quarter hours, hours, days).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FootfallQuery {
+    from: UtcMillis,
+    to: UtcMillis,
+    bucket_ms: i64,
+}
+
+impl FootfallQuery {
+    /// Checks the bucket width (whole 15-minute intervals dividing a day), the alignment of
+    /// `from` and `to`, their order and the number of buckets (at most [`MAX_FOOTFALL_BUCKETS`]).
+    pub fn new(from: UtcMillis, to: UtcMillis, bucket_ms: i64) -> Result<Self, StorageError> {
+        let bad = |m: String| Err(StorageError::InvalidInput(m));
+        if bucket_ms <= 0 || bucket_ms % FOOTFALL_INTERVAL_MS != 0 || DAY_MS % bucket_ms != 0 {
+            return bad(format!(
+                "a footfall bucket must be a whole number of 15-minute intervals that divides a day, got {bucket_ms} ms"
+            ));
+        }
+        if from.0 < 0 || from.0 % bucket_ms != 0 || to.0 % bucket_ms != 0 {
+            return bad("from and to must be aligned to the bucket width (UTC)".into());
+        }
+        if to.0 <= from.0 {
+            return bad("from must be before to".into());
+        }
+        let buckets = (to.0 - from.0) / bucket_ms;
+        if buckets > MAX_FOOTFALL_BUCKETS {
+            return bad(format!(
+                "the range spans {buckets} buckets; at most {MAX_FOOTFALL_BUCKETS}"
+            ));
+        }
+        Ok(FootfallQuery {
+            from,
+            to,
+            bucket_ms,
+        })
+    }
+
+    pub fn from(&self) -> UtcMillis {
+        self.from
+    }
+
+    pub fn to(&self) -> UtcMillis {
+        self.to
+    }
+
+    pub fn bucket_ms(&self) -> i64 {
+        self.bucket_ms
+    }
+
+    /// Number of buckets in `[from, to)`.
+    pub fn buckets(&self) -> i64 {
+        (self.to.0 - self.from.0) / self.bucket_ms
+    }
+
+    /// 15-minute intervals in one bucket.
+    pub fn slots_per_bucket(&self) -> u64 {
+        u64::try_from(self.bucket_ms / FOOTFALL_INTERVAL_MS).unwrap_or(1)
+    }
+}
+
+/// What the hub stored for one bucket of a footfall read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FootfallTally {
+    pub start: UtcMillis,
+    /// People who came in, summed over zones and events.
+    pub entered: u64,
+    /// People who went out.
+    pub exited: u64,
+    /// The latest occupancy reported in the bucket: from the latest 15-minute interval that
+    /// reported one, and of that interval's events the one the store emitted last (ties: the
+    /// higher value). Zones are not summed: an occupancy estimate counts the whole store.
+    pub occupancy: Option<u64>,
+    /// 15-minute intervals of the bucket with at least one footfall event (any zone).
+    pub slots_reported: u64,
+    /// Cameras any event of the bucket named as missing: distinct, sorted, at most
+    /// [`MAX_FOOTFALL_CAMERAS`] names.
+    pub cameras_missing: Vec<String>,
+    /// Footfall events summed into the bucket.
+    pub events: u64,
+    /// Sales committed in the bucket (by the sale event's time).
+    pub transactions: u64,
+}
+
 /// Which engine a storage runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -416,8 +551,11 @@ pub trait HubStorage: Send + Sync + fmt::Debug {
     /// Sum of every stock delta of `gtin` at `store` (0 if none).
     async fn stock(&self, store: &StoreId, gtin: &Gtin) -> Result<i64, StorageError>;
 
-    /// Stock of every GTIN with any delta at `store`, in GTIN order.
+    /// Stock of every GTIN with any delta or reservation at `store`, in GTIN order.
     async fn stock_levels(&self, store: &StoreId) -> Result<Vec<StockLevel>, StorageError>;
+
+    /// Units of `gtin` at `store` held by open pickup orders.
+    async fn reserved(&self, store: &StoreId, gtin: &Gtin) -> Result<i64, StorageError>;
 
     /// Records an HQ stock adjustment (idempotent by adjustment id) and its change for the store.
     async fn add_stock_adjustment(
@@ -426,6 +564,16 @@ pub trait HubStorage: Send + Sync + fmt::Debug {
         adjustment: &NewStockAdjustment,
     ) -> Result<AdjustmentReceipt, StorageError>;
 
+    /// Footfall and transactions of `store` in the query's `[from, to)`, summed per bucket
+    /// (aligned to UTC), in bucket order. A bucket with no footfall event and no sale is absent.
+    /// Footfall rows come from FootfallCounted events (each event id once, several events for
+    /// one zone and interval summed); transactions are the store's sales by `sold_at`.
+    async fn footfall(
+        &self,
+        store: &StoreId,
+        query: &FootfallQuery,
+    ) -> Result<Vec<FootfallTally>, StorageError>;
+
     /// Deletes price changes superseded by a higher version of the same (store, GTIN). No cursor
     /// is invalidated: a deleted row's successor has a higher seq, so a gateway behind the
     /// compaction still reads the newest version (highest version wins).
@@ -433,6 +581,74 @@ pub trait HubStorage: Send + Sync + fmt::Debug {
 
     /// A doorbell that rings after changes for `store` commit (long-polls wait on it).
     fn subscribe(&self, store: &StoreId) -> ChangeSubscription;
+
+    // ---- click-and-collect ----
+
+    /// Places a pickup order at `now`, idempotent by order id: an identical request answers the
+    /// first answer again (`created: false`, same token and code); different content ->
+    /// [`StorageError::OrderMismatch`]. Otherwise checks the pickup window, the store, that the
+    /// store sells every GTIN and has it available (on hand minus reserved), reserves the stock,
+    /// and writes the `PickupOrder` change for the store (after the `PickupKey` change, which
+    /// goes to every store when the key is generated on first use).
+    async fn create_order(
+        &self,
+        order: &NewOrder,
+        now: UtcMillis,
+    ) -> Result<OrderReceipt, StorageError>;
+
+    /// The order with its lines, history, conflicts and notifications.
+    async fn order(&self, id: &OrderId) -> Result<Option<OrderView>, StorageError>;
+
+    /// Orders, newest first.
+    async fn list_orders(&self, filter: &OrderFilter) -> Result<Vec<OrderSummary>, StorageError>;
+
+    /// HQ cancels an order: cancelled at once at HQ, stock released, `PickupCancelled` written
+    /// for the store, `cancelled` webhook. A cancelled order again -> `cancelled_now: false`;
+    /// a collected or expired one -> [`StorageError::CannotCancel`].
+    async fn cancel_order(
+        &self,
+        id: &OrderId,
+        reason: Option<&str>,
+        now: UtcMillis,
+    ) -> Result<CancelReceipt, StorageError>;
+
+    /// Expires up to `limit` open orders whose `expires_at` is more than `grace_ms` before
+    /// `now`, one transaction each; returns them.
+    async fn expire_overdue(
+        &self,
+        now: UtcMillis,
+        grace_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<OrderId>, StorageError>;
+
+    /// The hub's current pickup public key, if one was generated yet.
+    async fn pickup_key(&self) -> Result<Option<PickupKey>, StorageError>;
+
+    /// The generated webhook secret, created and stored on first use.
+    async fn webhook_secret(&self) -> Result<String, StorageError>;
+
+    /// Claims up to `limit` undelivered webhooks due at `now`: each attempt is counted and the
+    /// row is left alone until `lease_until` (then it is due again unless recorded meanwhile).
+    async fn claim_webhooks(
+        &self,
+        now: UtcMillis,
+        lease_until: UtcMillis,
+        limit: u32,
+    ) -> Result<Vec<WebhookDelivery>, StorageError>;
+
+    /// Records a webhook as delivered (a 2xx answer).
+    async fn webhook_delivered(&self, id: &EventId, at: UtcMillis) -> Result<(), StorageError>;
+
+    /// Records a failed attempt; the next one is due at `retry_at`.
+    async fn webhook_failed(
+        &self,
+        id: &EventId,
+        retry_at: UtcMillis,
+        error: &str,
+    ) -> Result<(), StorageError>;
+
+    /// Webhooks not delivered yet.
+    async fn webhooks_pending(&self) -> Result<u64, StorageError>;
 }
 
 /// Opens (and migrates) the database at `url`: `sqlite://PATH` or `postgres://...`.
@@ -613,6 +829,37 @@ pub(crate) fn validate_upload(events: &[LedgerEvent]) -> Result<(), StorageError
                     return Err(bad("stock delta is out of range".into()));
                 }
             }
+            EventBody::FootfallCounted(f) => f.validate().map_err(|e| bad(e.to_string()))?,
+            EventBody::PickupReceived { .. }
+            | EventBody::PickupCancelApplied { .. }
+            | EventBody::PickupExpired { .. } => {}
+            EventBody::PickupPicking { staff, .. } => {
+                check_label("staff", staff).map_err(|e| bad(e.to_string()))?;
+            }
+            EventBody::PickupReady {
+                location, missing, ..
+            } => {
+                check_label("location", location).map_err(|e| bad(e.to_string()))?;
+                if missing.len() > MAX_ORDER_LINES {
+                    return Err(bad(format!("at most {MAX_ORDER_LINES} missing lines")));
+                }
+            }
+            EventBody::PickupCollected { device, staff, .. } => {
+                check_label("device", device).map_err(|e| bad(e.to_string()))?;
+                if let Some(staff) = staff {
+                    check_label("staff", staff).map_err(|e| bad(e.to_string()))?;
+                }
+            }
+            EventBody::PickupCancelConflict {
+                collected_at,
+                collected_by,
+                ..
+            } => {
+                check_label("collected_by", collected_by).map_err(|e| bad(e.to_string()))?;
+                if collected_at.0 < 0 {
+                    return Err(bad("collected_at is out of range".into()));
+                }
+            }
         }
     }
     Ok(())
@@ -646,6 +893,9 @@ pub(crate) enum SideEffect<'a> {
         version: u64,
         kind: &'static str,
     },
+    Footfall(&'a FootfallInterval),
+    /// A pickup event about this order (applied through [`crate::pickup::machine`]).
+    Pickup(&'a OrderId),
     None,
 }
 
@@ -701,7 +951,157 @@ pub(crate) fn side_effect(body: &EventBody) -> SideEffect<'_> {
         },
         // The hub counted the adjustment when HQ made it; the store's event only confirms it.
         EventBody::StockAdjusted { .. } => SideEffect::None,
+        EventBody::FootfallCounted(f) => SideEffect::Footfall(f),
+        EventBody::PickupReceived { order_id }
+        | EventBody::PickupPicking { order_id, .. }
+        | EventBody::PickupReady { order_id, .. }
+        | EventBody::PickupCollected { order_id, .. }
+        | EventBody::PickupCancelApplied { order_id, .. }
+        | EventBody::PickupCancelConflict { order_id, .. }
+        | EventBody::PickupExpired { order_id } => SideEffect::Pickup(order_id),
     }
+}
+
+/// A fresh time-ordered id for something the hub itself does (cancellations, webhooks).
+pub(crate) fn new_event_id(now: UtcMillis) -> EventId {
+    let mut random = [0u8; 10];
+    rand::rng().fill_bytes(&mut random);
+    EventId::time_ordered(u64::try_from(now.0).unwrap_or(0), random)
+}
+
+pub(crate) fn parse_order_id(s: &str) -> Result<OrderId, StorageError> {
+    OrderId::parse(s).map_err(|e| StorageError::Corrupt(e.to_string()))
+}
+
+pub(crate) fn parse_status(s: &str) -> Result<crate::pickup::OrderStatus, StorageError> {
+    crate::pickup::OrderStatus::parse(s).map_err(StorageError::Corrupt)
+}
+
+pub(crate) fn opt_event_id(s: Option<&str>) -> Result<Option<EventId>, StorageError> {
+    s.map(parse_event_id).transpose()
+}
+
+pub(crate) fn decode_collection(
+    s: Option<&str>,
+) -> Result<Option<crate::pickup::Collection>, StorageError> {
+    s.map(|j| {
+        serde_json::from_str(j).map_err(|e| StorageError::Corrupt(format!("order collection: {e}")))
+    })
+    .transpose()
+}
+
+pub(crate) fn to_u32(v: i64, what: &str) -> Result<u32, StorageError> {
+    u32::try_from(v).map_err(|_| StorageError::Corrupt(format!("{what} {v} is out of range")))
+}
+
+/// Stock delta key of a collected pickup line (unique per collecting event and line).
+pub(crate) fn pickup_delta_key(event: &EventId, line_no: i64) -> String {
+    format!("pickup:{event}:{line_no}")
+}
+
+/// The `footfall` row of one FootfallCounted event, as both backends store it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct FootfallRow {
+    pub event_id: String,
+    pub zone: String,
+    pub start: i64,
+    pub entered: i64,
+    pub exited: i64,
+    pub occupancy: Option<i64>,
+    /// Sorted, distinct JSON array; `None` when no camera was missing.
+    pub cameras_missing: Option<String>,
+    /// The event's time (orders occupancy readings of one interval).
+    pub at: i64,
+}
+
+impl FootfallRow {
+    pub(crate) fn new(
+        event_id: &EventId,
+        at: UtcMillis,
+        f: &FootfallInterval,
+    ) -> Result<Self, StorageError> {
+        let missing: BTreeSet<&str> = f.cameras_missing.iter().map(String::as_str).collect();
+        Ok(FootfallRow {
+            event_id: event_id.to_hex(),
+            zone: f.zone.clone(),
+            start: f.start.0,
+            entered: to_i64(f.entered, "entered")?,
+            exited: to_i64(f.exited, "exited")?,
+            occupancy: f.occupancy.map(|o| to_i64(o, "occupancy")).transpose()?,
+            cameras_missing: if missing.is_empty() {
+                None
+            } else {
+                Some(encode_json(&missing)?)
+            },
+            at: at.0,
+        })
+    }
+
+    /// The row of a stored event payload, if it is a FootfallCounted event (schema upgrade).
+    pub(crate) fn from_stored(
+        event_id: &str,
+        at: i64,
+        payload: &str,
+    ) -> Result<Option<Self>, StorageError> {
+        let body: EventBody = serde_json::from_str(payload)
+            .map_err(|e| StorageError::Corrupt(format!("event {event_id}: {e}")))?;
+        match body {
+            EventBody::FootfallCounted(f) => Ok(Some(Self::new(
+                &parse_event_id(event_id)?,
+                UtcMillis(at),
+                &f,
+            )?)),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// Footfall sums of one bucket as the database computes them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct FootfallSums {
+    pub start: i64,
+    pub entered: i64,
+    pub exited: i64,
+    pub slots: i64,
+    pub events: i64,
+    /// The bucket's distinct `cameras_missing` arrays joined with commas (NULLs skipped).
+    pub missing: Option<String>,
+}
+
+/// Joins the three per-bucket reads of a footfall query (sums, latest occupancy, sales count).
+pub(crate) fn merge_footfall(
+    sums: Vec<FootfallSums>,
+    occupancy: Vec<(i64, i64)>,
+    sales: Vec<(i64, i64)>,
+) -> Result<Vec<FootfallTally>, StorageError> {
+    fn at(out: &mut BTreeMap<i64, FootfallTally>, start: i64) -> &mut FootfallTally {
+        out.entry(start).or_insert_with(|| FootfallTally {
+            start: UtcMillis(start),
+            ..FootfallTally::default()
+        })
+    }
+    let mut out: BTreeMap<i64, FootfallTally> = BTreeMap::new();
+    for s in sums {
+        let t = at(&mut out, s.start);
+        t.entered = to_u64(s.entered, "entered")?;
+        t.exited = to_u64(s.exited, "exited")?;
+        t.slots_reported = to_u64(s.slots, "slots")?;
+        t.events = to_u64(s.events, "events")?;
+        if let Some(joined) = s.missing {
+            // Each piece is a JSON array, so the comma-joined pieces are a JSON array of arrays.
+            let lists: Vec<Vec<String>> = serde_json::from_str(&format!("[{joined}]"))
+                .map_err(|e| StorageError::Corrupt(format!("footfall cameras_missing: {e}")))?;
+            let names: BTreeSet<String> = lists.into_iter().flatten().collect();
+            t.cameras_missing = names.into_iter().take(MAX_FOOTFALL_CAMERAS).collect();
+        }
+    }
+    for (start, occupancy) in occupancy {
+        at(&mut out, start).occupancy = Some(to_u64(occupancy, "occupancy")?);
+    }
+    for (start, n) in sales {
+        at(&mut out, start).transactions = to_u64(n, "transactions")?;
+    }
+    Ok(out.into_values().collect())
 }
 
 /// Stock delta key of a sale line (unique per event and line).
@@ -763,6 +1163,61 @@ mod tests {
     }
 
     #[test]
+    fn pickup_events_are_bounded() {
+        let order = OrderId::parse("web-1").unwrap();
+        let with = |body: EventBody| {
+            let mut e = ev(1);
+            e.body = body;
+            validate_upload(&[e])
+        };
+        assert!(
+            with(EventBody::PickupReady {
+                order_id: order.clone(),
+                location: "Shelf P3".into(),
+                missing: vec![Gtin::from_index(1).unwrap()],
+            })
+            .is_ok()
+        );
+        for bad in [
+            EventBody::PickupPicking {
+                order_id: order.clone(),
+                staff: String::new(),
+            },
+            EventBody::PickupReady {
+                order_id: order.clone(),
+                location: "x".repeat(65),
+                missing: vec![],
+            },
+            EventBody::PickupReady {
+                order_id: order.clone(),
+                location: "P3".into(),
+                missing: vec![Gtin::from_index(1).unwrap(); MAX_ORDER_LINES + 1],
+            },
+            EventBody::PickupCollected {
+                order_id: order.clone(),
+                device: "till\n2".into(),
+                staff: None,
+                method: aisle_protocol::pickup::RedeemMethod::Qr,
+                partial: false,
+            },
+            EventBody::PickupCancelConflict {
+                order_id: order.clone(),
+                cancel_id: EventId::from_bytes([1; 16]),
+                collected_at: UtcMillis(-1),
+                collected_by: "till-2".into(),
+            },
+        ] {
+            assert!(
+                matches!(
+                    with(bad.clone()),
+                    Err(StorageError::InvalidEvent { seq: 1, .. })
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
     fn credentials_parse_and_redact() {
         let s = StoreId::parse("S001").unwrap();
         let c = GatewayCredential::generate(&s).unwrap();
@@ -777,6 +1232,91 @@ mod tests {
         assert!(GatewayCredential::parse(&"A".repeat(64)).is_err());
         assert!(hashes_equal(&c.secret_hash(), &back.secret_hash()));
         assert!(!hashes_equal(&c.secret_hash(), &[0; 32]));
+    }
+
+    #[test]
+    fn footfall_queries_are_aligned_ordered_and_bounded() {
+        let h = 3_600_000;
+        let q = FootfallQuery::new(UtcMillis(10 * h), UtcMillis(12 * h), h).unwrap();
+        assert_eq!((q.buckets(), q.slots_per_bucket()), (2, 4));
+        let day = FootfallQuery::new(UtcMillis(0), UtcMillis(DAY_MS), DAY_MS).unwrap();
+        assert_eq!((day.buckets(), day.slots_per_bucket()), (1, 96));
+        let refused = |from: i64, to: i64, width: i64| {
+            matches!(
+                FootfallQuery::new(UtcMillis(from), UtcMillis(to), width),
+                Err(StorageError::InvalidInput(_))
+            )
+        };
+        // Not whole quarter hours, not dividing a day.
+        assert!(refused(0, h, 0) && refused(0, h, 60_000) && refused(0, 7 * h, 7 * h));
+        // Unaligned, reversed, empty, before 1970, too many buckets.
+        assert!(refused(1, h, h / 4) && refused(0, h + 1, h));
+        assert!(refused(2 * h, h, h) && refused(h, h, h) && refused(-h, h, h));
+        assert!(!refused(0, MAX_FOOTFALL_BUCKETS * h, h));
+        assert!(refused(0, (MAX_FOOTFALL_BUCKETS + 1) * h, h));
+    }
+
+    #[test]
+    fn footfall_reads_merge_per_bucket() {
+        let sums = vec![FootfallSums {
+            start: 0,
+            entered: 5,
+            exited: 4,
+            slots: 2,
+            events: 3,
+            missing: Some(r#"["b","a"],["a","c,d"]"#.into()),
+        }];
+        let merged = merge_footfall(sums, vec![(0, 7), (900_000, 2)], vec![(900_000, 4)]).unwrap();
+        assert_eq!(merged.len(), 2);
+        assert_eq!(merged[0].cameras_missing, vec!["a", "b", "c,d"]);
+        assert_eq!((merged[0].entered, merged[0].occupancy), (5, Some(7)));
+        assert_eq!(
+            (
+                merged[1].transactions,
+                merged[1].occupancy,
+                merged[1].entered
+            ),
+            (4, Some(2), 0)
+        );
+        let bad = FootfallSums {
+            missing: Some("not json".into()),
+            ..FootfallSums::default()
+        };
+        assert!(matches!(
+            merge_footfall(vec![bad], vec![], vec![]),
+            Err(StorageError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn footfall_rows_keep_missing_cameras_sorted_and_distinct() {
+        let f = FootfallInterval {
+            zone: "north".into(),
+            start: UtcMillis(0),
+            end: UtcMillis(FOOTFALL_INTERVAL_MS),
+            entered: 1,
+            exited: 2,
+            occupancy: None,
+            cameras_missing: vec!["cam-2".into(), "cam-1".into(), "cam-2".into()],
+        };
+        let id = EventId::from_bytes([1; 16]);
+        let row = FootfallRow::new(&id, UtcMillis(5), &f).unwrap();
+        assert_eq!(row.cameras_missing.as_deref(), Some(r#"["cam-1","cam-2"]"#));
+        let none = FootfallRow::new(
+            &id,
+            UtcMillis(5),
+            &FootfallInterval {
+                cameras_missing: vec![],
+                ..f.clone()
+            },
+        )
+        .unwrap();
+        assert_eq!(none.cameras_missing, None);
+        let stored = encode_json(&EventBody::FootfallCounted(f)).unwrap();
+        assert_eq!(
+            FootfallRow::from_stored(&id.to_hex(), 5, &stored).unwrap(),
+            Some(row)
+        );
     }
 
     #[test]

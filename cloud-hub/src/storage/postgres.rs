@@ -12,24 +12,30 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use aisle_protocol::pickup::PickupKey;
 use aisle_protocol::sync::{ChangeBody, ChangePage, LedgerEvent, PriceChange, UploadAck};
-use aisle_protocol::{BatchId, GatewayId, Gtin, StoreId, UtcMillis};
+use aisle_protocol::{BatchId, EventId, GatewayId, Gtin, OrderId, StoreId, UtcMillis};
 use async_trait::async_trait;
 use deadpool_postgres::{
     GenericClient, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
 };
 use tokio_postgres::{IsolationLevel, Row};
 
+use super::postgres_orders;
 use super::{
     AdjustmentReceipt, AuthenticatedGateway, Backend, BatchProgress, BatchReceipt,
-    CompactionReport, GatewayCredential, HubStorage, NewStockAdjustment, NewStore, SCHEMA_VERSION,
-    SalesPage, SalesSince, SideEffect, StockLevel, StorageError, Store, StoreProgress,
-    adjustment_delta_key, check_batch_against_stores, decode_change, decode_sale, encode_json,
-    hashes_equal, new_batch_id, now, page_of, parse_currency, parse_gtin, parse_store_id,
+    CompactionReport, FootfallQuery, FootfallRow, FootfallSums, FootfallTally, GatewayCredential,
+    HubStorage, NewStockAdjustment, NewStore, SCHEMA_VERSION, SalesPage, SalesSince, SideEffect,
+    StockLevel, StorageError, Store, StoreProgress, adjustment_delta_key,
+    check_batch_against_stores, decode_change, decode_sale, encode_json, hashes_equal,
+    merge_footfall, new_batch_id, now, page_of, parse_currency, parse_gtin, parse_store_id,
     redact_url, sale_delta_key, side_effect, split_upload, to_i64, to_u64, validate_upload,
     version_floor,
 };
 use crate::changefeed::{ChangeFeed, ChangeSubscription, NOTIFY_CHANNEL, PgChangeListener};
+use crate::pickup::{
+    CancelReceipt, NewOrder, OrderFilter, OrderReceipt, OrderSummary, OrderView, WebhookDelivery,
+};
 use crate::price_batch::{BatchStores, PriceBatch};
 
 const SCHEMA: &str = include_str!("schema_postgres.sql");
@@ -126,9 +132,78 @@ async fn migrate(client: &mut Object) -> Result<(), StorageError> {
             .await?;
         }
         Some(v) if v > SCHEMA_VERSION => return Err(StorageError::SchemaTooNew { found: v }),
+        Some(v) if v < SCHEMA_VERSION => {
+            if v < 2 {
+                backfill_footfall(&tx).await?;
+            }
+            // 3 adds the pickup tables (created above, empty): a version 2 hub refused pickup
+            // events, so there is nothing to derive.
+            tx.execute(
+                "INSERT INTO schema_version (version) VALUES ($1)",
+                &[&SCHEMA_VERSION],
+            )
+            .await?;
+        }
         Some(_) => {}
     }
     tx.commit().await?;
+    Ok(())
+}
+
+/// Version 1 stored FootfallCounted events without footfall rows: derive them once.
+async fn backfill_footfall(tx: &deadpool_postgres::Transaction<'_>) -> Result<(), StorageError> {
+    let rows = tx
+        .query(
+            "SELECT event_id, store_id, at, payload FROM events WHERE kind = 'footfall_counted'",
+            &[],
+        )
+        .await?;
+    let mut by_store: HashMap<String, Vec<FootfallRow>> = HashMap::new();
+    for r in &rows {
+        let event_id: &str = r.try_get("event_id")?;
+        if let Some(row) =
+            FootfallRow::from_stored(event_id, r.try_get("at")?, r.try_get("payload")?)?
+        {
+            by_store
+                .entry(r.try_get("store_id")?)
+                .or_default()
+                .push(row);
+        }
+    }
+    for (store, rows) in &by_store {
+        insert_footfall(tx, store, rows).await?;
+    }
+    Ok(())
+}
+
+/// Inserts footfall rows of one store, each event id once.
+async fn insert_footfall<C: GenericClient>(
+    c: &C,
+    store: &str,
+    rows: &[FootfallRow],
+) -> Result<(), StorageError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = rows.iter().map(|r| r.event_id.as_str()).collect();
+    let zones: Vec<&str> = rows.iter().map(|r| r.zone.as_str()).collect();
+    let starts: Vec<i64> = rows.iter().map(|r| r.start).collect();
+    let entered: Vec<i64> = rows.iter().map(|r| r.entered).collect();
+    let exited: Vec<i64> = rows.iter().map(|r| r.exited).collect();
+    let occupancy: Vec<Option<i64>> = rows.iter().map(|r| r.occupancy).collect();
+    let missing: Vec<Option<&str>> = rows.iter().map(|r| r.cameras_missing.as_deref()).collect();
+    let ats: Vec<i64> = rows.iter().map(|r| r.at).collect();
+    c.execute(
+        "INSERT INTO footfall (event_id, store_id, zone, start_ms, entered, exited, occupancy, cameras_missing, at)
+         SELECT t.id, $1, t.zone, t.start, t.entered, t.exited, t.occupancy, t.missing, t.at
+           FROM unnest($2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[], $8::text[], $9::int8[])
+             AS t(id, zone, start, entered, exited, occupancy, missing, at)
+         ON CONFLICT (event_id) DO NOTHING",
+        &[
+            &store, &ids, &zones, &starts, &entered, &exited, &occupancy, &missing, &ats,
+        ],
+    )
+    .await?;
     Ok(())
 }
 
@@ -163,21 +238,27 @@ async fn load_stores<C: GenericClient>(c: &C) -> Result<Vec<Store>, StorageError
     .collect()
 }
 
-async fn require_store<C: GenericClient>(c: &C, id: &StoreId) -> Result<Store, StorageError> {
+pub(super) async fn require_store<C: GenericClient>(
+    c: &C,
+    id: &StoreId,
+) -> Result<Store, StorageError> {
     load_store(c, id)
         .await?
         .ok_or_else(|| StorageError::UnknownStore(id.clone()))
 }
 
 /// Takes the changefeed writers' lock; see the module comment for why.
-async fn lock_changefeed<C: GenericClient>(c: &C) -> Result<(), StorageError> {
+pub(super) async fn lock_changefeed<C: GenericClient>(c: &C) -> Result<(), StorageError> {
     c.execute("SELECT pg_advisory_xact_lock($1)", &[&CHANGEFEED_LOCK])
         .await?;
     Ok(())
 }
 
 /// Queues a NOTIFY per store; PostgreSQL delivers them only if and when the transaction commits.
-async fn notify_stores<C: GenericClient>(c: &C, stores: &[&str]) -> Result<(), StorageError> {
+pub(super) async fn notify_stores<C: GenericClient>(
+    c: &C,
+    stores: &[&str],
+) -> Result<(), StorageError> {
     c.execute(
         "SELECT pg_notify($1, s) FROM unnest($2::text[]) AS s",
         &[&NOTIFY_CHANNEL, &stores],
@@ -198,9 +279,13 @@ impl HubStorage for PgStorage {
     }
 
     async fn create_store(&self, store: &NewStore) -> Result<Store, StorageError> {
-        let client = self.client().await?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // A store that joins after the pickup key was made gets it first thing. The lock orders
+        // this against the key's generation: one of the two sees the other.
+        lock_changefeed(&tx).await?;
         let created_at = now();
-        let n = client
+        let n = tx
             .execute(
                 "INSERT INTO stores (store_id, name, currency, created_at) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (store_id) DO NOTHING",
@@ -214,6 +299,14 @@ impl HubStorage for PgStorage {
             .await?;
         if n == 0 {
             return Err(StorageError::StoreExists(store.id.clone()));
+        }
+        let keyed = postgres_orders::send_current_key(&tx, store.id.as_str(), created_at).await?;
+        if keyed {
+            notify_stores(&tx, &[store.id.as_str()]).await?;
+        }
+        tx.commit().await?;
+        if keyed {
+            self.feed.wake(&store.id);
         }
         Ok(Store {
             id: store.id.clone(),
@@ -652,8 +745,11 @@ impl HubStorage for PgStorage {
             .client()
             .await?
             .query(
-                "SELECT gtin, SUM(delta)::BIGINT AS on_hand FROM stock_deltas
-                 WHERE store_id = $1 GROUP BY gtin ORDER BY gtin",
+                "SELECT gtin, SUM(on_hand)::BIGINT AS on_hand, SUM(reserved)::BIGINT AS reserved FROM (
+                     SELECT gtin, delta AS on_hand, 0::BIGINT AS reserved FROM stock_deltas WHERE store_id = $1
+                     UNION ALL
+                     SELECT gtin, 0::BIGINT, qty FROM stock_reservations WHERE store_id = $1) s
+                 GROUP BY gtin ORDER BY gtin",
                 &[&store.as_str()],
             )
             .await?;
@@ -662,9 +758,22 @@ impl HubStorage for PgStorage {
                 Ok(StockLevel {
                     gtin: parse_gtin(r.try_get("gtin")?)?,
                     on_hand: r.try_get("on_hand")?,
+                    reserved: r.try_get("reserved")?,
                 })
             })
             .collect()
+    }
+
+    async fn reserved(&self, store: &StoreId, gtin: &Gtin) -> Result<i64, StorageError> {
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                "SELECT COALESCE(SUM(qty), 0)::BIGINT FROM stock_reservations WHERE store_id = $1 AND gtin = $2",
+                &[&store.as_str(), &gtin.as_str()],
+            )
+            .await?;
+        Ok(row.try_get(0)?)
     }
 
     async fn add_stock_adjustment(
@@ -745,6 +854,71 @@ impl HubStorage for PgStorage {
         })
     }
 
+    async fn footfall(
+        &self,
+        store: &StoreId,
+        q: &FootfallQuery,
+    ) -> Result<Vec<FootfallTally>, StorageError> {
+        let mut client = self.client().await?;
+        // One snapshot: footfall and sales agree with each other.
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let (from, to, width) = (q.from().0, q.to().0, q.bucket_ms());
+        let args: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+            [&store.as_str(), &from, &to, &width];
+        let rows = tx
+            .query(
+                "SELECT (start_ms / $4) * $4 AS bucket, SUM(entered)::BIGINT AS entered,
+                        SUM(exited)::BIGINT AS exited, COUNT(DISTINCT start_ms) AS slots,
+                        COUNT(*) AS events, string_agg(DISTINCT cameras_missing, ',') AS missing
+                   FROM footfall WHERE store_id = $1 AND start_ms >= $2 AND start_ms < $3
+                  GROUP BY bucket ORDER BY bucket",
+                &args,
+            )
+            .await?;
+        let mut sums = Vec::with_capacity(rows.len());
+        for r in &rows {
+            sums.push(FootfallSums {
+                start: r.try_get("bucket")?,
+                entered: r.try_get("entered")?,
+                exited: r.try_get("exited")?,
+                slots: r.try_get("slots")?,
+                events: r.try_get("events")?,
+                missing: r.try_get("missing")?,
+            });
+        }
+        let rows = tx
+            .query(
+                "SELECT DISTINCT ON (start_ms / $4) (start_ms / $4) * $4 AS bucket, occupancy
+                   FROM footfall
+                  WHERE store_id = $1 AND start_ms >= $2 AND start_ms < $3 AND occupancy IS NOT NULL
+                  ORDER BY start_ms / $4, start_ms DESC, at DESC, occupancy DESC",
+                &args,
+            )
+            .await?;
+        let mut occupancy = Vec::with_capacity(rows.len());
+        for r in &rows {
+            occupancy.push((r.try_get("bucket")?, r.try_get("occupancy")?));
+        }
+        let rows = tx
+            .query(
+                "SELECT (sold_at / $4) * $4 AS bucket, COUNT(*) AS n FROM sales
+                  WHERE store_id = $1 AND sold_at >= $2 AND sold_at < $3 GROUP BY bucket",
+                &args,
+            )
+            .await?;
+        let mut sales = Vec::with_capacity(rows.len());
+        for r in &rows {
+            sales.push((r.try_get("bucket")?, r.try_get("n")?));
+        }
+        tx.commit().await?;
+        merge_footfall(sums, occupancy, sales)
+    }
+
     async fn compact(&self) -> Result<CompactionReport, StorageError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
@@ -777,6 +951,112 @@ impl HubStorage for PgStorage {
 
     fn subscribe(&self, store: &StoreId) -> ChangeSubscription {
         self.feed.subscribe(store)
+    }
+
+    async fn create_order(
+        &self,
+        order: &NewOrder,
+        now: UtcMillis,
+    ) -> Result<OrderReceipt, StorageError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let (receipt, woken) = postgres_orders::create_order(&tx, order, now).await?;
+        if receipt.created {
+            tx.commit().await?;
+        }
+        for store in &woken {
+            if let Ok(store) = StoreId::parse(store) {
+                self.feed.wake(&store);
+            }
+        }
+        Ok(receipt)
+    }
+
+    async fn order(&self, id: &OrderId) -> Result<Option<OrderView>, StorageError> {
+        let mut client = self.client().await?;
+        // One snapshot: lines, history and outbox agree with the order row.
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let view = postgres_orders::read_order(&tx, id).await?;
+        tx.commit().await?;
+        Ok(view)
+    }
+
+    async fn list_orders(&self, filter: &OrderFilter) -> Result<Vec<OrderSummary>, StorageError> {
+        postgres_orders::list_orders(&self.client().await?, filter).await
+    }
+
+    async fn cancel_order(
+        &self,
+        id: &OrderId,
+        reason: Option<&str>,
+        now: UtcMillis,
+    ) -> Result<CancelReceipt, StorageError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let (receipt, woken) = postgres_orders::cancel_order(&tx, id, reason, now).await?;
+        tx.commit().await?;
+        if let Some(store) = woken {
+            self.feed.wake(&store);
+        }
+        Ok(receipt)
+    }
+
+    async fn expire_overdue(
+        &self,
+        now: UtcMillis,
+        grace_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<OrderId>, StorageError> {
+        let mut client = self.client().await?;
+        let ids = postgres_orders::overdue(&client, now.0.saturating_sub(grace_ms), limit).await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let tx = client.transaction().await?;
+            if postgres_orders::expire_one(&tx, &id, now, grace_ms).await? {
+                tx.commit().await?;
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn pickup_key(&self) -> Result<Option<PickupKey>, StorageError> {
+        postgres_orders::pickup_key(&self.client().await?).await
+    }
+
+    async fn webhook_secret(&self) -> Result<String, StorageError> {
+        postgres_orders::webhook_secret(&self.client().await?).await
+    }
+
+    async fn claim_webhooks(
+        &self,
+        now: UtcMillis,
+        lease_until: UtcMillis,
+        limit: u32,
+    ) -> Result<Vec<WebhookDelivery>, StorageError> {
+        postgres_orders::claim_webhooks(&self.client().await?, now, lease_until, limit).await
+    }
+
+    async fn webhook_delivered(&self, id: &EventId, at: UtcMillis) -> Result<(), StorageError> {
+        postgres_orders::webhook_delivered(&self.client().await?, id, at).await
+    }
+
+    async fn webhook_failed(
+        &self,
+        id: &EventId,
+        retry_at: UtcMillis,
+        error: &str,
+    ) -> Result<(), StorageError> {
+        postgres_orders::webhook_failed(&self.client().await?, id, retry_at, error).await
+    }
+
+    async fn webhooks_pending(&self) -> Result<u64, StorageError> {
+        postgres_orders::webhooks_pending(&self.client().await?).await
     }
 }
 
@@ -825,6 +1105,8 @@ async fn store_fresh_events(
     .await?;
 
     let mut sale_events = Vec::new();
+    let mut footfall = Vec::new();
+    let mut pickups = Vec::new();
     let (mut p_ids, mut p_batches, mut p_gtins, mut p_versions, mut p_kinds) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (ev, id) in fresh.iter().zip(&ids) {
@@ -842,9 +1124,12 @@ async fn store_fresh_events(
                 p_versions.push(to_i64(version, "version")?);
                 p_kinds.push(kind);
             }
+            SideEffect::Footfall(f) => footfall.push(FootfallRow::new(&ev.id, ev.at, f)?),
+            SideEffect::Pickup(order) => pickups.push((ev, order)),
             SideEffect::None => {}
         }
     }
+    insert_footfall(tx, store, &footfall).await?;
     if !p_ids.is_empty() {
         tx.execute(
             "INSERT INTO batch_progress (event_id, batch_id, store_id, gtin, version, kind)
@@ -856,9 +1141,21 @@ async fn store_fresh_events(
         )
         .await?;
     }
-    if sale_events.is_empty() {
-        return Ok(());
+    if !sale_events.is_empty() {
+        store_sales(tx, gateway, store, &sale_events, received_at).await?;
     }
+    // After the sales: every upload takes its locks in the same order (see postgres_orders).
+    postgres_orders::apply_store_events(tx, store, &pickups, received_at).await
+}
+
+/// Inserts new sales and, for each newly stored one, its stock deltas.
+async fn store_sales(
+    tx: &deadpool_postgres::Transaction<'_>,
+    gateway: &GatewayId,
+    store: &str,
+    sale_events: &[(&LedgerEvent, &String, &aisle_protocol::sync::SaleRecord)],
+    received_at: UtcMillis,
+) -> Result<(), StorageError> {
     // hub_seq is a cursor too: serialise the store's sale writers so it never skips (see module
     // comment). A hash collision between two stores only makes them wait for each other.
     tx.execute(
@@ -872,7 +1169,7 @@ async fn store_fresh_events(
     let mut s_total = Vec::with_capacity(sale_events.len());
     let mut s_currency = Vec::with_capacity(sale_events.len());
     let mut s_record = Vec::with_capacity(sale_events.len());
-    for (ev, id, sale) in &sale_events {
+    for (ev, id, sale) in sale_events {
         s_ids.push(id.as_str());
         s_sale_ids.push(sale.sale_id.as_str());
         s_at.push(ev.at.0);
@@ -907,7 +1204,7 @@ async fn store_fresh_events(
         .collect::<Result<_, _>>()?;
     // Stock moves only with a newly stored sale: a sale seen before moves nothing.
     let (mut keys, mut gtins, mut deltas) = (Vec::new(), Vec::new(), Vec::new());
-    for (ev, id, sale) in &sale_events {
+    for (ev, id, sale) in sale_events {
         if !inserted.contains(id.as_str()) {
             continue;
         }

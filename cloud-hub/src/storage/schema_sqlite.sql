@@ -121,3 +121,144 @@ CREATE TABLE IF NOT EXISTS batch_progress (
     kind     TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS progress_by_batch ON batch_progress (batch_id, store_id, kind, gtin);
+
+-- FootfallCounted events, one row per event id (a replayed upload adds nothing). Rows are
+-- additive: several events for one (store, zone, start) are summed by the footfall report.
+-- cameras_missing is a sorted JSON array of camera names, NULL when every camera reported.
+CREATE TABLE IF NOT EXISTS footfall (
+    event_id        TEXT PRIMARY KEY,
+    store_id        TEXT NOT NULL,
+    zone            TEXT NOT NULL,
+    start_ms        INTEGER NOT NULL,
+    entered         INTEGER NOT NULL,
+    exited          INTEGER NOT NULL,
+    occupancy       INTEGER,
+    cameras_missing TEXT,
+    at              INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS footfall_by_store ON footfall (store_id, start_ms);
+
+-- ---- Click-and-collect (schema version 3) ----
+
+-- The hub's Ed25519 pickup signing keys (32-byte seeds). Generated on first use; the public key
+-- goes to every store as a `pickup_key` change.
+CREATE TABLE IF NOT EXISTS pickup_keys (
+    key_id     INTEGER PRIMARY KEY,
+    seed       BLOB NOT NULL,
+    public_key TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+
+-- Which store's changefeed carries which key: each key once per store.
+CREATE TABLE IF NOT EXISTS pickup_key_stores (
+    key_id     INTEGER NOT NULL,
+    store_id   TEXT NOT NULL,
+    change_seq INTEGER NOT NULL,
+    PRIMARY KEY (key_id, store_id)
+);
+
+-- Secrets the hub generates for itself (the webhook secret, the order code seal key).
+CREATE TABLE IF NOT EXISTS hub_secrets (
+    name       TEXT PRIMARY KEY,
+    value      TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+
+-- Pickup orders. No code or token in plain text: code_sealed is the fallback code sealed with
+-- the seal key, and the QR token is re-signed from the claims when needed (see pickup::token).
+CREATE TABLE IF NOT EXISTS orders (
+    order_id            TEXT PRIMARY KEY,
+    store_id            TEXT NOT NULL REFERENCES stores (store_id),
+    status              TEXT NOT NULL,
+    request_sha256      TEXT NOT NULL,
+    placed_at           INTEGER NOT NULL,
+    pickup_by           INTEGER NOT NULL,
+    expires_at          INTEGER NOT NULL,
+    webhook_url         TEXT,
+    key_id              INTEGER NOT NULL,
+    code_digest         TEXT NOT NULL,
+    code_sealed         TEXT NOT NULL,
+    change_seq          INTEGER NOT NULL,
+    location            TEXT,
+    collected           TEXT,
+    cancel_id           TEXT,
+    cancel_requested_at INTEGER,
+    cancel_reason       TEXT,
+    updated_at          INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS orders_by_store ON orders (store_id, placed_at);
+CREATE INDEX IF NOT EXISTS orders_by_placed ON orders (placed_at);
+CREATE INDEX IF NOT EXISTS orders_open_by_expiry ON orders (expires_at)
+    WHERE status IN ('placed', 'sent_to_store', 'picking', 'ready');
+
+CREATE TABLE IF NOT EXISTS order_lines (
+    order_id TEXT NOT NULL REFERENCES orders (order_id),
+    line_no  INTEGER NOT NULL,
+    gtin     TEXT NOT NULL,
+    qty      INTEGER NOT NULL,
+    name     TEXT NOT NULL,
+    missing  INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (order_id, line_no)
+);
+
+-- Every status transition, with its time and who made it (hq | store).
+CREATE TABLE IF NOT EXISTS order_history (
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    order_id TEXT NOT NULL REFERENCES orders (order_id),
+    status   TEXT NOT NULL,
+    at       INTEGER NOT NULL,
+    source   TEXT NOT NULL,
+    event_id TEXT,
+    detail   TEXT
+);
+CREATE INDEX IF NOT EXISTS order_history_by_order ON order_history (order_id, id);
+
+-- Races HQ should look at, each once (conflict_key names the race, e.g. the cancellation).
+CREATE TABLE IF NOT EXISTS order_conflicts (
+    conflict_key TEXT PRIMARY KEY,
+    order_id     TEXT NOT NULL REFERENCES orders (order_id),
+    kind         TEXT NOT NULL,
+    at           INTEGER NOT NULL,
+    event_id     TEXT,
+    detail       TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS order_conflicts_by_order ON order_conflicts (order_id, at);
+
+-- Stock held by open orders: available = on hand (stock_deltas) - reserved.
+CREATE TABLE IF NOT EXISTS stock_reservations (
+    order_id TEXT NOT NULL REFERENCES orders (order_id),
+    line_no  INTEGER NOT NULL,
+    store_id TEXT NOT NULL,
+    gtin     TEXT NOT NULL,
+    qty      INTEGER NOT NULL,
+    PRIMARY KEY (order_id, line_no)
+);
+CREATE INDEX IF NOT EXISTS reservations_by_gtin ON stock_reservations (store_id, gtin);
+
+-- Pickup events from stores, one row per event id: the key of their side effects.
+CREATE TABLE IF NOT EXISTS pickup_events (
+    event_id TEXT PRIMARY KEY,
+    order_id TEXT NOT NULL,
+    store_id TEXT NOT NULL,
+    kind     TEXT NOT NULL,
+    outcome  TEXT NOT NULL
+);
+
+-- The webhook outbox: exact bodies, delivered at least once by the webhook worker, in seq order
+-- when due at the same time.
+CREATE TABLE IF NOT EXISTS webhook_outbox (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id        TEXT NOT NULL UNIQUE,
+    order_id        TEXT NOT NULL,
+    kind            TEXT NOT NULL,
+    url             TEXT NOT NULL,
+    body            TEXT NOT NULL,
+    created_at      INTEGER NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    delivered_at    INTEGER,
+    last_error      TEXT
+);
+CREATE INDEX IF NOT EXISTS webhooks_due ON webhook_outbox (next_attempt_at)
+    WHERE delivered_at IS NULL;
+CREATE INDEX IF NOT EXISTS webhooks_by_order ON webhook_outbox (order_id, seq);

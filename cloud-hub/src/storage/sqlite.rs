@@ -9,23 +9,29 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use aisle_protocol::pickup::PickupKey;
 use aisle_protocol::sync::{ChangeBody, ChangePage, LedgerEvent, PriceChange, UploadAck};
-use aisle_protocol::{BatchId, GatewayId, Gtin, StoreId, UtcMillis};
+use aisle_protocol::{BatchId, EventId, GatewayId, Gtin, OrderId, StoreId, UtcMillis};
 use async_trait::async_trait;
 use rusqlite::{
     Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params,
 };
 use tokio::sync::Semaphore;
 
+use super::sqlite_orders;
 use super::{
     AdjustmentReceipt, AuthenticatedGateway, Backend, BatchProgress, BatchReceipt,
-    CompactionReport, GatewayCredential, HubStorage, NewStockAdjustment, NewStore, SCHEMA_VERSION,
-    SalesPage, SalesSince, SideEffect, StockLevel, StorageError, Store, StoreProgress,
-    adjustment_delta_key, check_batch_against_stores, decode_change, decode_sale, encode_json,
-    hashes_equal, new_batch_id, now, page_of, parse_currency, parse_gtin, parse_store_id,
+    CompactionReport, FootfallQuery, FootfallRow, FootfallSums, FootfallTally, GatewayCredential,
+    HubStorage, NewStockAdjustment, NewStore, SCHEMA_VERSION, SalesPage, SalesSince, SideEffect,
+    StockLevel, StorageError, Store, StoreProgress, adjustment_delta_key,
+    check_batch_against_stores, decode_change, decode_sale, encode_json, hashes_equal,
+    merge_footfall, new_batch_id, now, page_of, parse_currency, parse_gtin, parse_store_id,
     sale_delta_key, side_effect, split_upload, to_i64, to_u64, validate_upload, version_floor,
 };
 use crate::changefeed::{ChangeFeed, ChangeSubscription};
+use crate::pickup::{
+    CancelReceipt, NewOrder, OrderFilter, OrderReceipt, OrderSummary, OrderView, WebhookDelivery,
+};
 use crate::price_batch::PriceBatch;
 
 const SCHEMA: &str = include_str!("schema_sqlite.sql");
@@ -171,13 +177,111 @@ fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
             )?;
         }
         Some(v) if v > SCHEMA_VERSION => return Err(StorageError::SchemaTooNew { found: v }),
+        Some(v) if v < SCHEMA_VERSION => {
+            if v < 2 {
+                backfill_footfall(&tx)?;
+            }
+            // 3 adds the pickup tables (created above, empty): a version 2 hub refused pickup
+            // events, so there is nothing to derive.
+            tx.execute(
+                "INSERT INTO schema_version (version) VALUES (?1)",
+                [SCHEMA_VERSION],
+            )?;
+        }
         Some(_) => {}
     }
     tx.commit()?;
     Ok(())
 }
 
-fn immediate(conn: &mut Connection) -> Result<Transaction<'_>, StorageError> {
+/// Version 1 stored FootfallCounted events without footfall rows: derive them once.
+fn backfill_footfall(tx: &Transaction<'_>) -> Result<(), StorageError> {
+    let mut read = tx.prepare(
+        "SELECT event_id, store_id, at, payload FROM events WHERE kind = 'footfall_counted'",
+    )?;
+    let mut insert = tx.prepare(INSERT_FOOTFALL)?;
+    let mut rows = read.query([])?;
+    while let Some(r) = rows.next()? {
+        let (event_id, store, at, payload): (String, String, i64, String) =
+            (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+        if let Some(row) = FootfallRow::from_stored(&event_id, at, &payload)? {
+            insert_footfall(&mut insert, &store, &row)?;
+        }
+    }
+    Ok(())
+}
+
+const INSERT_FOOTFALL: &str = "INSERT INTO footfall (event_id, store_id, zone, start_ms, entered, exited, occupancy, cameras_missing, at)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (event_id) DO NOTHING";
+
+fn insert_footfall(
+    stmt: &mut rusqlite::Statement<'_>,
+    store: &str,
+    row: &FootfallRow,
+) -> Result<(), StorageError> {
+    stmt.execute(params![
+        row.event_id,
+        store,
+        row.zone,
+        row.start,
+        row.entered,
+        row.exited,
+        row.occupancy,
+        row.cameras_missing,
+        row.at
+    ])?;
+    Ok(())
+}
+
+fn read_footfall(
+    conn: &mut Connection,
+    store: &StoreId,
+    q: &FootfallQuery,
+) -> Result<Vec<FootfallTally>, StorageError> {
+    // One read transaction: footfall and sales come from the same snapshot.
+    let tx = conn.transaction()?;
+    let args = params![store.as_str(), q.from().0, q.to().0, q.bucket_ms()];
+    let mut stmt = tx.prepare(
+        "SELECT (start_ms / ?4) * ?4 AS bucket, SUM(entered), SUM(exited),
+                COUNT(DISTINCT start_ms), COUNT(*), group_concat(DISTINCT cameras_missing)
+           FROM footfall WHERE store_id = ?1 AND start_ms >= ?2 AND start_ms < ?3
+          GROUP BY bucket ORDER BY bucket",
+    )?;
+    let sums = stmt
+        .query_map(args, |r| {
+            Ok(FootfallSums {
+                start: r.get(0)?,
+                entered: r.get(1)?,
+                exited: r.get(2)?,
+                slots: r.get(3)?,
+                events: r.get(4)?,
+                missing: r.get(5)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut stmt = tx.prepare(
+        "SELECT bucket, occupancy FROM (
+             SELECT (start_ms / ?4) * ?4 AS bucket, occupancy,
+                    ROW_NUMBER() OVER (PARTITION BY start_ms / ?4
+                                       ORDER BY start_ms DESC, at DESC, occupancy DESC) AS rn
+               FROM footfall
+              WHERE store_id = ?1 AND start_ms >= ?2 AND start_ms < ?3 AND occupancy IS NOT NULL)
+          WHERE rn = 1",
+    )?;
+    let occupancy = stmt
+        .query_map(args, |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut stmt = tx.prepare(
+        "SELECT (sold_at / ?4) * ?4 AS bucket, COUNT(*) FROM sales
+          WHERE store_id = ?1 AND sold_at >= ?2 AND sold_at < ?3 GROUP BY bucket",
+    )?;
+    let sales = stmt
+        .query_map(args, |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    merge_footfall(sums, occupancy, sales)
+}
+
+pub(super) fn immediate(conn: &mut Connection) -> Result<Transaction<'_>, StorageError> {
     Ok(conn.transaction_with_behavior(TransactionBehavior::Immediate)?)
 }
 
@@ -205,7 +309,7 @@ fn load_store(conn: &Connection, id: &StoreId) -> Result<Option<Store>, StorageE
     .transpose()
 }
 
-fn load_stores(conn: &Connection) -> Result<Vec<Store>, StorageError> {
+pub(super) fn load_stores(conn: &Connection) -> Result<Vec<Store>, StorageError> {
     let mut stmt =
         conn.prepare("SELECT store_id, name, currency, created_at FROM stores ORDER BY store_id")?;
     let rows = stmt.query_map([], store_from_row)?;
@@ -216,7 +320,7 @@ fn load_stores(conn: &Connection) -> Result<Vec<Store>, StorageError> {
     Ok(out)
 }
 
-fn require_store(conn: &Connection, id: &StoreId) -> Result<Store, StorageError> {
+pub(super) fn require_store(conn: &Connection, id: &StoreId) -> Result<Store, StorageError> {
     load_store(conn, id)?.ok_or_else(|| StorageError::UnknownStore(id.clone()))
 }
 
@@ -397,6 +501,7 @@ fn ingest(
             "INSERT INTO batch_progress (event_id, batch_id, store_id, gtin, version, kind)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
         )?;
+        let mut insert_footfall_row = tx.prepare(INSERT_FOOTFALL)?;
         for ev in fresh {
             let event_id = ev.id.to_hex();
             insert_event.execute(params![
@@ -450,6 +555,13 @@ fn ingest(
                         to_i64(version, "version")?,
                         kind
                     ])?;
+                }
+                SideEffect::Footfall(f) => {
+                    let row = FootfallRow::new(&ev.id, ev.at, f)?;
+                    insert_footfall(&mut insert_footfall_row, &store, &row)?;
+                }
+                SideEffect::Pickup(order) => {
+                    sqlite_orders::apply_store_event(&tx, &store, ev, order, received_at)?;
                 }
                 SideEffect::None => {}
             }
@@ -677,15 +789,26 @@ impl HubStorage for SqliteStorage {
             if n == 0 {
                 return Err(StorageError::StoreExists(store.id));
             }
+            // A store that joins after the pickup key was made gets it first thing.
+            let keyed = sqlite_orders::send_current_key(&tx, &store.id, created_at)?;
             tx.commit()?;
-            Ok(Store {
-                id: store.id,
-                name: store.name,
-                currency: store.currency,
-                created_at,
-            })
+            Ok((
+                Store {
+                    id: store.id,
+                    name: store.name,
+                    currency: store.currency,
+                    created_at,
+                },
+                keyed,
+            ))
         })
         .await
+        .map(|(store, keyed)| {
+            if keyed {
+                self.feed.wake(&store.id);
+            }
+            store
+        })
     }
 
     async fn store(&self, id: &StoreId) -> Result<Option<Store>, StorageError> {
@@ -839,17 +962,26 @@ impl HubStorage for SqliteStorage {
         let store = store.clone();
         self.read(move |conn| {
             let mut stmt = conn.prepare(
-                "SELECT gtin, SUM(delta) FROM stock_deltas WHERE store_id = ?1 GROUP BY gtin ORDER BY gtin",
+                "SELECT gtin, SUM(on_hand), SUM(reserved) FROM (
+                     SELECT gtin, delta AS on_hand, 0 AS reserved FROM stock_deltas WHERE store_id = ?1
+                     UNION ALL
+                     SELECT gtin, 0, qty FROM stock_reservations WHERE store_id = ?1)
+                 GROUP BY gtin ORDER BY gtin",
             )?;
             let rows = stmt.query_map([store.as_str()], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
             })?;
             let mut out = Vec::new();
             for row in rows {
-                let (gtin, on_hand) = row?;
+                let (gtin, on_hand, reserved) = row?;
                 out.push(StockLevel {
                     gtin: parse_gtin(&gtin)?,
                     on_hand,
+                    reserved,
                 });
             }
             Ok(out)
@@ -873,11 +1005,137 @@ impl HubStorage for SqliteStorage {
         Ok(receipt)
     }
 
+    async fn footfall(
+        &self,
+        store: &StoreId,
+        query: &FootfallQuery,
+    ) -> Result<Vec<FootfallTally>, StorageError> {
+        let store = store.clone();
+        let query = *query;
+        self.read(move |conn| read_footfall(conn, &store, &query))
+            .await
+    }
+
     async fn compact(&self) -> Result<CompactionReport, StorageError> {
         self.write(compact_changes).await
     }
 
     fn subscribe(&self, store: &StoreId) -> ChangeSubscription {
         self.feed.subscribe(store)
+    }
+
+    async fn reserved(&self, store: &StoreId, gtin: &Gtin) -> Result<i64, StorageError> {
+        let store = store.clone();
+        let gtin = *gtin;
+        self.read(move |conn| {
+            Ok(conn.query_row(
+                "SELECT COALESCE(SUM(qty), 0) FROM stock_reservations WHERE store_id = ?1 AND gtin = ?2",
+                params![store.as_str(), gtin.as_str()],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+
+    async fn create_order(
+        &self,
+        order: &NewOrder,
+        now: UtcMillis,
+    ) -> Result<OrderReceipt, StorageError> {
+        let order = order.clone();
+        let (receipt, woken) = self
+            .write(move |conn| sqlite_orders::create_order(conn, &order, now))
+            .await?;
+        for store in &woken {
+            self.feed.wake(store);
+        }
+        Ok(receipt)
+    }
+
+    async fn order(&self, id: &OrderId) -> Result<Option<OrderView>, StorageError> {
+        let id = id.clone();
+        self.read(move |conn| sqlite_orders::read_order(conn, &id))
+            .await
+    }
+
+    async fn list_orders(&self, filter: &OrderFilter) -> Result<Vec<OrderSummary>, StorageError> {
+        let filter = filter.clone();
+        self.read(move |conn| sqlite_orders::list_orders(conn, &filter))
+            .await
+    }
+
+    async fn cancel_order(
+        &self,
+        id: &OrderId,
+        reason: Option<&str>,
+        now: UtcMillis,
+    ) -> Result<CancelReceipt, StorageError> {
+        let id = id.clone();
+        let reason = reason.map(str::to_owned);
+        let (receipt, woken) = self
+            .write(move |conn| sqlite_orders::cancel_order(conn, &id, reason.as_deref(), now))
+            .await?;
+        if let Some(store) = woken {
+            self.feed.wake(&store);
+        }
+        Ok(receipt)
+    }
+
+    async fn expire_overdue(
+        &self,
+        now: UtcMillis,
+        grace_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<OrderId>, StorageError> {
+        self.write(move |conn| sqlite_orders::expire_overdue(conn, now, grace_ms, limit))
+            .await
+    }
+
+    async fn pickup_key(&self) -> Result<Option<PickupKey>, StorageError> {
+        self.read(sqlite_orders::pickup_key).await
+    }
+
+    async fn webhook_secret(&self) -> Result<String, StorageError> {
+        self.write(sqlite_orders::webhook_secret).await
+    }
+
+    async fn claim_webhooks(
+        &self,
+        now: UtcMillis,
+        lease_until: UtcMillis,
+        limit: u32,
+    ) -> Result<Vec<WebhookDelivery>, StorageError> {
+        // The idle worker asks every poll: look on a reader first, so an empty outbox never
+        // takes the single writer.
+        let due = self
+            .read(move |conn| sqlite_orders::webhooks_due(conn, now))
+            .await?;
+        if !due {
+            return Ok(Vec::new());
+        }
+        self.write(move |conn| sqlite_orders::claim_webhooks(conn, now, lease_until, limit))
+            .await
+    }
+
+    async fn webhook_delivered(&self, id: &EventId, at: UtcMillis) -> Result<(), StorageError> {
+        let id = *id;
+        self.write(move |conn| sqlite_orders::webhook_delivered(conn, &id, at))
+            .await
+    }
+
+    async fn webhook_failed(
+        &self,
+        id: &EventId,
+        retry_at: UtcMillis,
+        error: &str,
+    ) -> Result<(), StorageError> {
+        let id = *id;
+        let error = error.to_owned();
+        self.write(move |conn| sqlite_orders::webhook_failed(conn, &id, retry_at, &error))
+            .await
+    }
+
+    async fn webhooks_pending(&self) -> Result<u64, StorageError> {
+        self.read(sqlite_orders::webhooks_pending).await
     }
 }
