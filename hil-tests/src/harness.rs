@@ -284,6 +284,8 @@ pub struct AgentSetup {
     pub credential: String,
     pub data_dir: PathBuf,
     pub clock_offset_ms: i64,
+    /// TOML appended to the generated config (e.g. a `[footfall]` section).
+    pub extra_config: String,
 }
 
 /// `aisle-agent run --config FILE` as a process.
@@ -312,13 +314,14 @@ impl AgentProcess {
     fn write_config(&self) -> Result<PathBuf> {
         let s = &self.setup;
         let cfg = format!(
-            "store = \"{}\"\nhub_url = \"{}\"\ncredential = \"{}\"\ndata_dir = \"{}\"\nlisten = \"{}\"\n\n[clock]\noffset_ms = {}\n",
+            "store = \"{}\"\nhub_url = \"{}\"\ncredential = \"{}\"\ndata_dir = \"{}\"\nlisten = \"{}\"\n\n[clock]\noffset_ms = {}\n\n{}",
             s.store,
             s.hub_url,
             s.credential,
             s.data_dir.display(),
             self.addr,
-            s.clock_offset_ms
+            s.clock_offset_ms,
+            s.extra_config
         );
         let path = s.data_dir.join("agent.toml");
         std::fs::write(&path, cfg)?;
@@ -341,6 +344,17 @@ impl AgentProcess {
     pub async fn restart(&mut self) -> Result<()> {
         self.child = None;
         self.addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        self.spawn().await
+    }
+
+    /// Starts (again) on the port it had, as a gateway does: cameras and lanes keep pushing to
+    /// the address they were configured with.
+    pub async fn restart_same_port(&mut self) -> Result<()> {
+        self.child = None;
+        self.spawn().await
+    }
+
+    async fn spawn(&mut self) -> Result<()> {
         let config = self.write_config()?;
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -554,6 +568,16 @@ impl VirtualStore {
     }
 
     pub async fn start_with(backend: Backend, clock_offset_ms: i64) -> Result<VirtualStore> {
+        Self::start_configured(backend, clock_offset_ms, String::new()).await
+    }
+
+    /// Like [`VirtualStore::start_with`], with `extra_config` appended to the agent's config
+    /// (e.g. a `[footfall]` section).
+    pub async fn start_configured(
+        backend: Backend,
+        clock_offset_ms: i64,
+        extra_config: String,
+    ) -> Result<VirtualStore> {
         let mut dir = tempfile::tempdir()?;
         if std::env::var_os("AISLE_KEEP_TEST_DIRS").is_some() {
             dir.disable_cleanup(true);
@@ -571,6 +595,7 @@ impl VirtualStore {
             credential,
             data_dir: dir.path().join("gateway"),
             clock_offset_ms,
+            extra_config,
         })
         .await?;
         let hq = HqApi::new(&hub.url());

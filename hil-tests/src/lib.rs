@@ -4,5 +4,8 @@
 //! Device paths and service addresses come from the environment, so the same scenarios can run
 //! against real hardware later.
 pub mod bench;
+pub mod camera_sim;
+pub mod footfall;
 pub mod harness;
+pub mod mqtt;
 pub mod proxy;

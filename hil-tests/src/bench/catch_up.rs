@@ -44,6 +44,7 @@ impl SyncedStore {
             credential,
             data_dir: dir.path().join("gateway"),
             clock_offset_ms: 0,
+            extra_config: String::new(),
         })
         .await?;
         let prices: Vec<_> = (0..items)

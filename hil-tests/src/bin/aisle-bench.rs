@@ -7,12 +7,19 @@ use aisle_hil::bench::{self, BenchResult};
 use anyhow::{Result, bail};
 use clap::Parser;
 
-const ALL: &[&str] = &["ledger_append", "catch_up", "agent_rss", "reconnect"];
+const ALL: &[&str] = &[
+    "ledger_append",
+    "catch_up",
+    "agent_rss",
+    "reconnect",
+    "footfall_ingest",
+];
 
 #[derive(Parser, Debug)]
 #[command(about = "Aisle benchmarks, each beside its baseline measured in the same run")]
 struct Args {
-    /// Benchmarks to run (default: all): ledger_append, catch_up, agent_rss, reconnect.
+    /// Benchmarks to run (default: all): ledger_append, catch_up, agent_rss, reconnect,
+    /// footfall_ingest.
     names: Vec<String>,
     /// Where report.json and report.md go.
     #[arg(long, default_value = "target/bench")]
@@ -26,6 +33,12 @@ struct Args {
     /// SKUs priced in agent_rss.
     #[arg(long, default_value_t = 100_000)]
     skus: u64,
+    /// Cameras publishing in footfall_ingest.
+    #[arg(long, default_value_t = 20)]
+    cameras: usize,
+    /// Messages per camera in footfall_ingest.
+    #[arg(long, default_value_t = 5_000)]
+    camera_messages: usize,
 }
 
 #[tokio::main]
@@ -49,6 +62,9 @@ async fn main() -> Result<()> {
             "catch_up" => bench::catch_up::run(args.sales).await?,
             "agent_rss" => bench::rss::run(args.skus, args.sales).await?,
             "reconnect" => bench::reconnect::run(Duration::from_secs(15), 3).await?,
+            "footfall_ingest" => {
+                bench::footfall_ingest::run(args.cameras, args.camera_messages).await?
+            }
             other => bail!("unknown benchmark {other}"),
         };
         results.insert(name.clone(), r);
