@@ -37,6 +37,10 @@ pub struct AgentConfig {
     /// People-counting cameras. Absent: no cameras.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub footfall: Option<FootfallSettings>,
+    /// Click-and-collect: staff who may sign in to the pickup page and API. Absent: nobody can
+    /// sign in (orders still arrive and expire).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pickup: Option<PickupSettings>,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -50,6 +54,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("sync", &self.sync)
             .field("clock", &self.clock)
             .field("footfall", &self.footfall)
+            .field("pickup", &self.pickup)
             .finish()
     }
 }
@@ -94,6 +99,60 @@ impl Default for SyncConfig {
 pub struct ClockConfig {
     /// Tests only: pretend the gateway's clock is off by this many milliseconds.
     pub offset_ms: i64,
+}
+
+/// Most staff in `[pickup]` (each sign-in checks the PIN against every hash).
+pub const MAX_STAFF: usize = 64;
+
+/// `[pickup]`: click-and-collect at the store.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PickupSettings {
+    #[serde(default)]
+    pub staff: Vec<StaffConfig>,
+}
+
+/// `[[pickup.staff]]`: one person who may sign in with a PIN. Debug never shows the hash.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaffConfig {
+    /// As shown in the ledger and at HQ (who picked, who handed over).
+    pub name: String,
+    /// The PIN as an argon2 PHC string (`aisle-agent staff hash-pin` prints one).
+    pub pin_hash: String,
+}
+
+impl std::fmt::Debug for StaffConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StaffConfig")
+            .field("name", &self.name)
+            .field("pin_hash", &"<redacted>")
+            .finish()
+    }
+}
+
+impl PickupSettings {
+    fn validate(&self) -> Result<(), String> {
+        if self.staff.len() > MAX_STAFF {
+            return Err(format!("pickup: at most {MAX_STAFF} staff"));
+        }
+        let mut names = HashSet::new();
+        for (i, s) in self.staff.iter().enumerate() {
+            let at = format!("pickup.staff[{}]", i + 1);
+            aisle_protocol::pickup::check_label("name", &s.name)
+                .map_err(|e| format!("{at}: {e}"))?;
+            if !names.insert(s.name.as_str()) {
+                return Err(format!("{at}: name '{}' is used twice", s.name));
+            }
+            crate::pickup::staff::check_pin_hash(&s.pin_hash).map_err(|e| {
+                format!(
+                    "{at} ({}): pin_hash {e}; use the line `aisle-agent staff hash-pin` printed",
+                    s.name
+                )
+            })?;
+        }
+        Ok(())
+    }
 }
 
 /// Most cameras one gateway takes (each is a metric label, so the set stays bounded).
@@ -441,6 +500,9 @@ impl AgentConfig {
         }
         if let Some(f) = &self.footfall {
             f.validate().map_err(ConfigError::Invalid)?;
+        }
+        if let Some(p) = &self.pickup {
+            p.validate().map_err(ConfigError::Invalid)?;
         }
         Ok(())
     }

@@ -26,6 +26,7 @@ pub mod config;
 pub mod footfall;
 pub mod ledger;
 pub mod metrics;
+pub mod pickup;
 pub mod sync;
 
 use clock::{OffsetClock, WallClock};
@@ -88,7 +89,14 @@ impl Agent {
         ));
         shared.observe_skew(ledger.view().skew_ms);
         let (footfall, footfall_rx) = FootfallShared::new(config.footfall.as_ref());
-        let metrics = Arc::new(metrics::AgentMetrics::new(&ledger, &shared, &footfall));
+        let pickup = Arc::new(pickup::PickupShared::new(
+            config.store.clone(),
+            config.pickup.as_ref(),
+            ledger.hub_time(),
+        ));
+        let metrics = Arc::new(metrics::AgentMetrics::new(
+            &ledger, &shared, &footfall, &pickup,
+        ));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let footfall_tasks =
             match start_footfall(&config, &ledger, &footfall, footfall_rx, &shutdown_rx).await {
@@ -105,9 +113,12 @@ impl Agent {
             sync: shared.clone(),
             metrics,
             footfall: footfall.clone(),
+            pickup: pickup.clone(),
         });
         let mut server_shutdown = shutdown_rx.clone();
         let mut tasks = vec![tokio::spawn(async move {
+            // The client address feeds sign-in's lockout (wrong PINs per address).
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             let served = axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
                     let _ = server_shutdown.wait_for(|stop| *stop).await;
@@ -119,6 +130,7 @@ impl Agent {
         })];
         tasks.extend(footfall_tasks);
         tasks.push(activator::spawn(ledger.clone(), shutdown_rx.clone()));
+        tasks.push(pickup::sweeper::spawn(ledger.clone(), shutdown_rx.clone()));
         tasks.extend(sync::spawn(
             sync::SyncContext {
                 ledger: ledger.clone(),
@@ -142,6 +154,7 @@ impl Agent {
             ledger,
             sync: shared,
             footfall,
+            pickup,
             shutdown: shutdown_tx,
             tasks,
         })
@@ -198,6 +211,7 @@ pub struct AgentHandle {
     ledger: Ledger,
     sync: Arc<SyncShared>,
     footfall: Arc<FootfallShared>,
+    pickup: Arc<pickup::PickupShared>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -225,6 +239,11 @@ impl AgentHandle {
     /// Camera ingestion's metrics (`aisle_footfall_*`, `aisle_camera_online`).
     pub fn footfall_metrics(&self) -> &footfall::FootfallMetrics {
         &self.footfall.metrics
+    }
+
+    /// Click-and-collect's metrics (`aisle_pickup_*`).
+    pub fn pickup_metrics(&self) -> &pickup::PickupMetrics {
+        &self.pickup.metrics
     }
 
     /// Stops the API (finishing requests in flight), the sync tasks, camera ingestion (which

@@ -28,6 +28,18 @@ enum Command {
         #[command(subcommand)]
         command: LedgerCommand,
     },
+    /// Staff who use the pickup page and API.
+    Staff {
+        #[command(subcommand)]
+        command: StaffCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum StaffCommand {
+    /// Read a PIN from stdin (one line) and print its argon2 PHC string for `[[pickup.staff]]`
+    /// `pin_hash`. The PIN itself is never stored.
+    HashPin,
 }
 
 #[derive(Debug, Subcommand)]
@@ -54,6 +66,9 @@ fn main() -> ExitCode {
         Command::Ledger {
             command: LedgerCommand::Verify { data },
         } => verify(data),
+        Command::Staff {
+            command: StaffCommand::HashPin,
+        } => hash_pin(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -93,6 +108,20 @@ fn verify(data: PathBuf) -> anyhow::Result<()> {
     let report = aisle_agent::ledger::verify(&data)
         .with_context(|| format!("ledger in {} failed verification", data.display()))?;
     println!("{report}");
+    Ok(())
+}
+
+fn hash_pin() -> anyhow::Result<()> {
+    use std::io::Read;
+    let mut input = String::new();
+    // A PIN is short: read at most a little more than the longest one allowed.
+    std::io::stdin()
+        .take(1024)
+        .read_to_string(&mut input)
+        .context("cannot read the PIN from stdin")?;
+    let pin = input.lines().next().unwrap_or("").trim_end_matches('\r');
+    let hash = aisle_agent::pickup::staff::hash_pin(pin).map_err(anyhow::Error::msg)?;
+    println!("{hash}");
     Ok(())
 }
 

@@ -8,6 +8,7 @@ use prometheus_client::registry::Registry;
 
 use crate::footfall::FootfallShared;
 use crate::ledger::Ledger;
+use crate::pickup::PickupShared;
 use crate::sync::SyncShared;
 
 #[derive(Debug)]
@@ -20,7 +21,12 @@ pub struct AgentMetrics {
 }
 
 impl AgentMetrics {
-    pub fn new(ledger: &Ledger, sync: &SyncShared, footfall: &FootfallShared) -> AgentMetrics {
+    pub fn new(
+        ledger: &Ledger,
+        sync: &SyncShared,
+        footfall: &FootfallShared,
+        pickup: &PickupShared,
+    ) -> AgentMetrics {
         let mut registry = Registry::with_prefix("aisle_agent");
         let l = ledger.metrics();
         registry.register(
@@ -79,6 +85,7 @@ impl AgentMetrics {
         );
         let mut footfall_registry = Registry::with_prefix("aisle");
         footfall.metrics.register(&mut footfall_registry);
+        pickup.metrics.register(&mut footfall_registry);
         AgentMetrics {
             registry,
             footfall: footfall_registry,

@@ -43,6 +43,7 @@ async fn start() -> TestAgent {
         },
         clock: ClockConfig::default(),
         footfall: None,
+        pickup: None,
     };
     let clock = ManualClock::new(T0);
     let agent = Agent::start(config, clock.clone()).await.unwrap();
@@ -409,7 +410,7 @@ async fn openapi_lists_every_route_the_router_serves() {
     let t = start().await;
     let (s, doc) = t.get_json("/openapi.json").await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(ROUTES.len(), 8);
+    assert_eq!(ROUTES.len(), 15);
     for route in ROUTES {
         let method = route.method.as_str().to_lowercase();
         assert!(
@@ -422,7 +423,8 @@ async fn openapi_lists_every_route_the_router_serves() {
         let path = route
             .path
             .replace("{gtin}", &gtin(1).to_string())
-            .replace("{id}", "door-1");
+            .replace("{id}", "door-1")
+            .replace("{order_id}", "web-1");
         let url = format!("{}{path}", t.base);
         let r = match route.method {
             HttpMethod::Get => t.http.get(url).send().await.unwrap(),

@@ -96,6 +96,7 @@ impl Store {
                 ],
                 ..FootfallSettings::default()
             }),
+            pickup: None,
         };
         Store {
             dir,

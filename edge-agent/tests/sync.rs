@@ -323,6 +323,7 @@ async fn agent_syncs_with_a_hub_that_speaks_the_protocol() {
         },
         clock: ClockConfig::default(),
         footfall: None,
+        pickup: None,
     };
     let agent: AgentHandle = Agent::start(config, Arc::new(SystemClock)).await.unwrap();
     let ledger = agent.ledger().clone();
@@ -494,6 +495,7 @@ fn quick_config(url: String, dir: &std::path::Path, upload_batch: usize) -> Agen
         },
         clock: ClockConfig::default(),
         footfall: None,
+        pickup: None,
     }
 }
 

@@ -17,14 +17,18 @@ use axum::routing::{MethodFilter, MethodRouter, on};
 use crate::footfall::FootfallShared;
 use crate::ledger::Ledger;
 use crate::metrics::AgentMetrics;
+use crate::pickup::PickupShared;
 use crate::sync::SyncShared;
 
 mod cameras;
+mod pickups;
 mod prices;
 mod sales;
+pub mod staff;
 mod status;
 
 pub use cameras::{PushRefusal, PushResponse, refusal_status};
+pub use pickups::{CollectedJson, HistoryJson, LineJson, MAX_PICKUP_BODY_BYTES, OrderJson};
 pub use prices::PriceResponse;
 pub use sales::{MAX_SALE_BODY_BYTES, SaleLineResponse, SaleResponse};
 
@@ -38,6 +42,7 @@ pub struct AppState {
     pub sync: Arc<SyncShared>,
     pub metrics: Arc<AgentMetrics>,
     pub footfall: Arc<FootfallShared>,
+    pub pickup: Arc<PickupShared>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,8 +74,15 @@ pub enum Endpoint {
     Healthz,
     Metrics,
     OpenApi,
+    PickupGet,
+    PickupList,
+    PickupPick,
+    PickupReady,
+    PickupRedeem,
     Price,
     Sales,
+    StaffSignIn,
+    StaffSignOut,
     SyncStatus,
 }
 
@@ -111,6 +123,31 @@ pub const ROUTES: &[Route] = &[
     },
     Route {
         method: HttpMethod::Get,
+        path: "/v1/pickups",
+        endpoint: Endpoint::PickupList,
+    },
+    Route {
+        method: HttpMethod::Get,
+        path: "/v1/pickups/{order_id}",
+        endpoint: Endpoint::PickupGet,
+    },
+    Route {
+        method: HttpMethod::Post,
+        path: "/v1/pickups/{order_id}/pick",
+        endpoint: Endpoint::PickupPick,
+    },
+    Route {
+        method: HttpMethod::Post,
+        path: "/v1/pickups/{order_id}/ready",
+        endpoint: Endpoint::PickupReady,
+    },
+    Route {
+        method: HttpMethod::Post,
+        path: "/v1/pickups/redeem",
+        endpoint: Endpoint::PickupRedeem,
+    },
+    Route {
+        method: HttpMethod::Get,
         path: "/v1/prices/{gtin}",
         endpoint: Endpoint::Price,
     },
@@ -118,6 +155,16 @@ pub const ROUTES: &[Route] = &[
         method: HttpMethod::Post,
         path: "/v1/sales",
         endpoint: Endpoint::Sales,
+    },
+    Route {
+        method: HttpMethod::Post,
+        path: "/v1/staff/sign-in",
+        endpoint: Endpoint::StaffSignIn,
+    },
+    Route {
+        method: HttpMethod::Post,
+        path: "/v1/staff/sign-out",
+        endpoint: Endpoint::StaffSignOut,
     },
     Route {
         method: HttpMethod::Get,
@@ -136,6 +183,22 @@ fn handler(route: &Route, state: &AppState) -> MethodRouter<AppState> {
         Endpoint::Healthz => on(f, status::healthz),
         Endpoint::Metrics => on(f, status::metrics),
         Endpoint::OpenApi => on(f, status::openapi),
+        Endpoint::PickupList => on(f, pickups::list),
+        Endpoint::PickupGet => on(f, pickups::get_order),
+        // Staff requests are small: refused beyond 16 KiB, before more is read.
+        Endpoint::PickupPick => {
+            on(f, pickups::pick).layer(DefaultBodyLimit::max(MAX_PICKUP_BODY_BYTES))
+        }
+        Endpoint::PickupReady => {
+            on(f, pickups::ready).layer(DefaultBodyLimit::max(MAX_PICKUP_BODY_BYTES))
+        }
+        Endpoint::PickupRedeem => {
+            on(f, pickups::redeem).layer(DefaultBodyLimit::max(MAX_PICKUP_BODY_BYTES))
+        }
+        Endpoint::StaffSignIn => {
+            on(f, staff::sign_in).layer(DefaultBodyLimit::max(MAX_PICKUP_BODY_BYTES))
+        }
+        Endpoint::StaffSignOut => on(f, staff::sign_out),
         Endpoint::Price => on(f, prices::get_price),
         Endpoint::Sales => on(f, sales::create_sale),
         Endpoint::SyncStatus => on(f, status::sync_status),

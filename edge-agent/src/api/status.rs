@@ -24,6 +24,10 @@ pub(super) async fn healthz(
 }
 
 pub(super) async fn metrics(State(st): State<AppState>) -> Result<Response, ApiError> {
+    match st.ledger.pickup_counts().await {
+        Ok(counts) => st.pickup.metrics.set_orders(&counts),
+        Err(e) => tracing::warn!(error = %e, "cannot count pickup orders for metrics"),
+    }
     let text = st.metrics.render(&st.ledger).map_err(|_| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,

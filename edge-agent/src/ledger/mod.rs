@@ -11,11 +11,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use aisle_protocol::pickup::PickupKey;
 use aisle_protocol::sync::SaleRecord;
 use aisle_protocol::sync::{
     Change, ChangeBody, FootfallInterval, LedgerEvent, Payment, PriceChange, SaleError,
 };
-use aisle_protocol::{BatchId, Gtin, Hlc, Money, ProtocolError, SaleId, UtcMillis};
+use aisle_protocol::{BatchId, Gtin, Hlc, Money, OrderId, ProtocolError, SaleId, UtcMillis};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use rusqlite::Connection;
@@ -23,11 +24,15 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use crate::clock::{HubTime, WallClock};
 
+mod pickup;
+mod pickup_state;
 mod reader;
 mod state;
 pub mod verify;
 mod writer;
 
+pub use pickup::{Collection, HistoryEntry, PickupAction, PickupRecord, PickupRefusal};
+pub use pickup_state::{OrderLine, OrderStatus};
 pub use state::StagedPrice;
 pub use verify::{VerifyError, VerifyReport, verify};
 
@@ -120,6 +125,14 @@ pub struct ChangeOutcome {
     pub adjusted: usize,
     /// Stock adjustments ignored because their id was already applied.
     pub ignored_adjustments: usize,
+    /// Pickup orders received (a `PickupReceived` event each).
+    pub pickup_orders: usize,
+    /// HQ cancellations answered (a `PickupCancelApplied` or `PickupCancelConflict` each).
+    pub pickup_cancels: usize,
+    /// Pickup keys stored (no event).
+    pub pickup_keys: usize,
+    /// Pickup changes that changed nothing (replays, cancellations of final orders).
+    pub ignored_pickups: usize,
 }
 
 /// What camera ingestion commits in one go: its state (counter and presence, JSON, kept in the
@@ -395,6 +408,62 @@ impl Ledger {
     pub async fn commit_footfall(&self, batch: FootfallBatch) -> Result<usize, LedgerError> {
         self.send(|reply| writer::Command::Footfall { batch, reply })
             .await?
+    }
+
+    /// A staff action on a pickup order (pick, ready, redeem), decided by the writer from the
+    /// committed state and answered after its event committed (a redeem's `PickupCollected` is
+    /// fsynced before the answer says hand it over).
+    pub async fn pickup(&self, action: PickupAction) -> Result<PickupRecord, PickupRefusal> {
+        self.send(|reply| writer::Command::Pickup { action, reply })
+            .await?
+    }
+
+    /// Expires every open pickup order whose `expires_at` has come on hub-corrected time.
+    pub async fn expire_pickups(&self) -> Result<usize, LedgerError> {
+        self.send(|reply| writer::Command::ExpirePickups { reply })
+            .await?
+    }
+
+    /// One pickup order with its history.
+    pub async fn pickup_order(
+        &self,
+        order_id: OrderId,
+    ) -> Result<Option<PickupRecord>, LedgerError> {
+        self.read(move |c| pickup::record(c, &order_id)).await
+    }
+
+    /// Pickup orders in any of `statuses`, by pickup_by then order_id, at most `limit`.
+    pub async fn pickup_orders(
+        &self,
+        statuses: Vec<OrderStatus>,
+        limit: u32,
+    ) -> Result<Vec<PickupRecord>, LedgerError> {
+        self.read(move |c| pickup::records(c, &statuses, limit))
+            .await
+    }
+
+    /// The order whose fallback code has this digest (`code_digest(store, code)`).
+    pub async fn pickup_order_by_digest(
+        &self,
+        digest: String,
+    ) -> Result<Option<OrderId>, LedgerError> {
+        self.read(move |c| pickup::order_by_digest(c, &digest))
+            .await
+    }
+
+    /// The hub's pickup keys this store holds.
+    pub async fn pickup_keys(&self) -> Result<Vec<PickupKey>, LedgerError> {
+        self.read(pickup::keys).await
+    }
+
+    /// The earliest `expires_at` among open pickup orders.
+    pub async fn next_pickup_expiry(&self) -> Result<Option<UtcMillis>, LedgerError> {
+        self.read(pickup::next_expiry).await
+    }
+
+    /// Pickup orders per status.
+    pub async fn pickup_counts(&self) -> Result<Vec<(OrderStatus, u64)>, LedgerError> {
+        self.read(pickup::counts).await
     }
 
     /// Finishes the commands already queued, closes the database and releases the data dir.

@@ -91,3 +91,54 @@ CREATE TABLE IF NOT EXISTS sync_state (
     hlc           BLOB                        -- last HLC issued or observed
 );
 INSERT OR IGNORE INTO sync_state (id) VALUES (1);
+
+-- Click-and-collect. The hub's public keys for QR tokens (bookkeeping from the changefeed, no
+-- event: a key is not something that happened at the store).
+CREATE TABLE IF NOT EXISTS pickup_keys (
+    key_id     INTEGER PRIMARY KEY,
+    public_key TEXT    NOT NULL              -- Ed25519, 64 lowercase hex digits
+);
+
+-- One row per order the store holds, from the pickup events (ledger/pickup_state.rs).
+CREATE TABLE IF NOT EXISTS pickup_orders (
+    order_id         TEXT    PRIMARY KEY,
+    status           TEXT    NOT NULL CHECK (status IN ('received', 'picking', 'ready', 'collected',
+                                         'partially_collected', 'cancelled', 'expired')),
+    placed_at        INTEGER NOT NULL,
+    pickup_by        INTEGER NOT NULL,
+    expires_at       INTEGER NOT NULL,        -- hub time; the sweeper expires open orders here
+    code_digest      TEXT    NOT NULL,        -- code_digest(store, fallback code); never the code
+    key_id           INTEGER NOT NULL,
+    lines            TEXT    NOT NULL,        -- JSON [{gtin, qty, name, missing}]
+    location         TEXT,                    -- where it waits (last PickupReady)
+    picking_by       TEXT,
+    ready_by         TEXT,
+    collected_at     INTEGER,                 -- `at` of the PickupCollected event
+    collected_device TEXT,
+    collected_staff  TEXT,
+    collected_method TEXT,                    -- 'qr' | 'code'
+    partial          INTEGER NOT NULL DEFAULT 0,
+    received_seq     INTEGER NOT NULL,
+    last_seq         INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS pickup_orders_code ON pickup_orders (code_digest);
+CREATE INDEX IF NOT EXISTS pickup_orders_status ON pickup_orders (status, expires_at);
+
+-- What happened to each order, one row per pickup event.
+CREATE TABLE IF NOT EXISTS pickup_history (
+    order_id TEXT    NOT NULL,
+    seq      INTEGER NOT NULL,
+    at       INTEGER NOT NULL,
+    kind     TEXT    NOT NULL,                -- received | picking | ready | collected | cancelled
+                                              -- | cancel_conflict | expired
+    by       TEXT,
+    PRIMARY KEY (order_id, seq)
+) WITHOUT ROWID;
+
+-- HQ cancellations already answered (applied or in conflict), so a replay answers none twice.
+CREATE TABLE IF NOT EXISTS pickup_cancels (
+    cancel_id TEXT    PRIMARY KEY,
+    order_id  TEXT    NOT NULL,
+    seq       INTEGER NOT NULL,
+    outcome   TEXT    NOT NULL CHECK (outcome IN ('applied', 'conflict'))
+) WITHOUT ROWID;

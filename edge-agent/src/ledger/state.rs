@@ -3,6 +3,7 @@
 //! versions, idempotency); once it does, only [`apply`] touches the state tables.
 use std::collections::BTreeSet;
 
+use aisle_protocol::pickup::PickupOrder;
 use aisle_protocol::sync::{EventBody, FootfallInterval, SaleRecord};
 use aisle_protocol::{Currency, Gtin, Money, UtcMillis};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -23,6 +24,14 @@ pub struct StoredBody {
     pub body: EventBody,
     /// Present exactly when `body` is `PriceStaged`.
     pub staged: Option<StagedPrice>,
+    /// Present exactly when `body` is `PickupReceived`: the order as the hub sent it. The
+    /// protocol event names only the order (HQ has it); the store's replay needs its lines, times
+    /// and code digest, so it rides along in the stored payload (`"order"`, hashed) like a staged
+    /// price's details, and is dropped on upload.
+    pub order: Option<PickupOrder>,
+    /// `PickupReady` only: the signed-in staff who marked it (stored as `"ready_by"`; the
+    /// protocol event does not carry it).
+    pub ready_by: Option<String>,
 }
 
 /// Why an event could not be encoded, decoded or applied.
@@ -41,7 +50,14 @@ pub enum StateError {
 impl StoredBody {
     /// The exact bytes stored and hashed.
     pub fn encode(&self) -> Result<Vec<u8>, StateError> {
-        if self.staged.is_none() && !matches!(self.body, EventBody::PriceStaged { .. }) {
+        if self.staged.is_none()
+            && self.order.is_none()
+            && self.ready_by.is_none()
+            && !matches!(
+                self.body,
+                EventBody::PriceStaged { .. } | EventBody::PickupReceived { .. }
+            )
+        {
             // Every event but a staged price is stored exactly as the protocol writes it; going
             // straight to bytes keeps the sale path free of an intermediate JSON tree.
             return serde_json::to_vec(&self.body).map_err(|e| StateError::Payload(e.to_string()));
@@ -67,7 +83,51 @@ impl StoredBody {
                 ));
             }
         }
+        match (&self.body, &self.order, v.as_object_mut()) {
+            (EventBody::PickupReceived { order_id }, Some(o), Some(obj)) => {
+                if &o.order_id != order_id {
+                    return Err(StateError::Payload(
+                        "a received order's details name another order".into(),
+                    ));
+                }
+                let order =
+                    serde_json::to_value(o).map_err(|e| StateError::Payload(e.to_string()))?;
+                obj.insert("order".into(), order);
+            }
+            (EventBody::PickupReceived { .. }, None, _) => {
+                return Err(StateError::Payload(
+                    "a received order needs the order's details".into(),
+                ));
+            }
+            (_, None, Some(_)) => {}
+            _ => {
+                return Err(StateError::Payload(
+                    "only a received order carries the order".into(),
+                ));
+            }
+        }
+        match (&self.body, &self.ready_by, v.as_object_mut()) {
+            (EventBody::PickupReady { .. }, Some(by), Some(obj)) => {
+                obj.insert("ready_by".into(), serde_json::Value::String(by.clone()));
+            }
+            (_, None, Some(_)) => {}
+            _ => {
+                return Err(StateError::Payload(
+                    "only a ready order carries ready_by".into(),
+                ));
+            }
+        }
         serde_json::to_vec(&v).map_err(|e| StateError::Payload(e.to_string()))
+    }
+
+    /// A body stored exactly as the protocol writes it.
+    pub fn plain(body: EventBody) -> StoredBody {
+        StoredBody {
+            body,
+            staged: None,
+            order: None,
+            ready_by: None,
+        }
     }
 
     pub fn decode(kind: &str, payload: &[u8]) -> Result<StoredBody, StateError> {
@@ -86,7 +146,37 @@ impl StoredBody {
             ),
             _ => None,
         };
-        Ok(StoredBody { body, staged })
+        let order = match body {
+            EventBody::PickupReceived { .. } => {
+                #[derive(Deserialize)]
+                struct WithOrder {
+                    order: PickupOrder,
+                }
+                let w: WithOrder = serde_json::from_slice(payload)
+                    .map_err(|e| StateError::Payload(format!("received order details: {e}")))?;
+                Some(w.order)
+            }
+            _ => None,
+        };
+        let ready_by = match body {
+            EventBody::PickupReady { .. } => {
+                #[derive(Deserialize)]
+                struct WithBy {
+                    #[serde(default)]
+                    ready_by: Option<String>,
+                }
+                serde_json::from_slice::<WithBy>(payload)
+                    .map_err(|e| StateError::Payload(format!("ready_by: {e}")))?
+                    .ready_by
+            }
+            _ => None,
+        };
+        Ok(StoredBody {
+            body,
+            staged,
+            order,
+            ready_by,
+        })
     }
 }
 
@@ -215,11 +305,7 @@ pub fn apply(
         | EventBody::PickupCollected { .. }
         | EventBody::PickupCancelApplied { .. }
         | EventBody::PickupCancelConflict { .. }
-        | EventBody::PickupExpired { .. } => {
-            return Err(StateError::Inconsistent(
-                "pickup events are not supported by this agent".into(),
-            ));
-        }
+        | EventBody::PickupExpired { .. } => super::pickup_state::apply(conn, seq_i, at, ev)?,
     }
     Ok(())
 }
@@ -274,7 +360,7 @@ fn add_footfall(conn: &Connection, seq: i64, iv: &FootfallInterval) -> Result<()
     Ok(())
 }
 
-fn add_stock(conn: &Connection, gtin: &Gtin, delta: i64) -> Result<(), StateError> {
+pub(crate) fn add_stock(conn: &Connection, gtin: &Gtin, delta: i64) -> Result<(), StateError> {
     conn.execute(
         "INSERT INTO stock (gtin, on_hand) VALUES (?1, ?2)
          ON CONFLICT (gtin) DO UPDATE SET on_hand = on_hand + excluded.on_hand",
@@ -330,6 +416,8 @@ mod tests {
                 price: Money::new(1280, cny),
                 name: "乌龙茶 500ml".into(),
             }),
+            order: None,
+            ready_by: None,
         };
         let bytes = stored.encode().unwrap();
         let back = StoredBody::decode("price_staged", &bytes).unwrap();
@@ -337,7 +425,7 @@ mod tests {
         // What the hub receives is the plain protocol event.
         assert_eq!(serde_json::from_slice::<EventBody>(&bytes).unwrap(), body);
         assert!(StoredBody::decode("sale_committed", &bytes).is_err());
-        let missing = StoredBody { body, staged: None };
+        let missing = StoredBody::plain(body);
         assert!(missing.encode().is_err());
     }
 }

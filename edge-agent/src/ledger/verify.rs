@@ -24,6 +24,8 @@ pub struct VerifyReport {
     pub stock_adjustments: u64,
     /// Rows of the `footfall` table (zone x 15-minute interval).
     pub footfall_rows: u64,
+    /// Rows of `pickup_orders`.
+    pub pickup_orders: u64,
     pub acked_through: u64,
     pub cursor: u64,
 }
@@ -33,7 +35,7 @@ impl fmt::Display for VerifyReport {
         write!(
             f,
             "ledger OK: {} events, chain head {}, {} sales, {} price rows, {} stock items, \
-             {} stock adjustments, {} footfall rows, acked through {}, cursor {}",
+             {} stock adjustments, {} footfall rows, {} pickup orders, acked through {}, cursor {}",
             self.events,
             self.head_hash,
             self.sales,
@@ -41,6 +43,7 @@ impl fmt::Display for VerifyReport {
             self.stock_items,
             self.stock_adjustments,
             self.footfall_rows,
+            self.pickup_orders,
             self.acked_through,
             self.cursor
         )
@@ -69,6 +72,9 @@ const TABLES: &[(&str, &str)] = &[
     ("sales", "sale_id"),
     ("stock_adjustments", "adjustment_id"),
     ("footfall", "zone, start_ms"),
+    ("pickup_orders", "order_id"),
+    ("pickup_history", "order_id, seq"),
+    ("pickup_cancels", "cancel_id"),
 ];
 
 /// Verifies the ledger in `data_dir`. Safe while the agent runs (it reads one snapshot).
@@ -106,6 +112,7 @@ pub fn verify(data_dir: &Path) -> Result<VerifyReport, VerifyError> {
         stock_items: counts[1],
         stock_adjustments: counts[3],
         footfall_rows: counts[4],
+        pickup_orders: counts[5],
         acked_through: acked,
         cursor: u64::try_from(cursor).unwrap_or(0),
     })

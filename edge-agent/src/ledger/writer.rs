@@ -15,6 +15,7 @@ use aisle_protocol::{EventId, Hlc, HlcClock, Money, UtcMillis};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
+use super::pickup::{self, PickupAction, PickupRecord, PickupRefusal};
 use super::state::{self, StagedPrice, StoredBody};
 use super::{
     ChangeOutcome, Contact, Counters, DB_FILE, FootfallBatch, LOCK_FILE, LedgerError,
@@ -66,6 +67,13 @@ pub(crate) enum Command {
         batch: FootfallBatch,
         reply: Reply<usize>,
     },
+    Pickup {
+        action: PickupAction,
+        reply: Reply<PickupRecord, PickupRefusal>,
+    },
+    ExpirePickups {
+        reply: Reply<usize>,
+    },
     Close {
         reply: oneshot::Sender<()>,
     },
@@ -82,6 +90,8 @@ impl std::fmt::Debug for Command {
             Command::ResetCursor { .. } => "ResetCursor",
             Command::Contact { .. } => "Contact",
             Command::Footfall { .. } => "Footfall",
+            Command::Pickup { .. } => "Pickup",
+            Command::ExpirePickups { .. } => "ExpirePickups",
             Command::Close { .. } => "Close",
         };
         f.write_str(name)
@@ -126,6 +136,10 @@ enum Done {
     Changes(Reply<ChangeOutcome>, Result<ChangeOutcome, LedgerError>),
     Count(Reply<usize>, Result<usize, LedgerError>),
     Unit(Reply<()>, Result<(), LedgerError>),
+    Pickup(
+        Reply<PickupRecord, PickupRefusal>,
+        Result<PickupRecord, PickupRefusal>,
+    ),
 }
 
 impl Done {
@@ -135,9 +149,10 @@ impl Done {
         Some(match cmd {
             Command::Sale { reply, .. } => Done::Sale(reply, Err(e().into())),
             Command::Changes { reply, .. } => Done::Changes(reply, Err(e())),
-            Command::ActivateDue { reply } | Command::Footfall { reply, .. } => {
-                Done::Count(reply, Err(e()))
-            }
+            Command::ActivateDue { reply }
+            | Command::Footfall { reply, .. }
+            | Command::ExpirePickups { reply } => Done::Count(reply, Err(e())),
+            Command::Pickup { reply, .. } => Done::Pickup(reply, Err(e().into())),
             Command::Ack { reply, .. }
             | Command::ResendFrom { reply, .. }
             | Command::ResetCursor { reply }
@@ -154,6 +169,7 @@ impl Done {
             Done::Changes(r, Ok(_)) => Done::Changes(r, Err(e())),
             Done::Count(r, Ok(_)) => Done::Count(r, Err(e())),
             Done::Unit(r, Ok(())) => Done::Unit(r, Err(e())),
+            Done::Pickup(r, Ok(_)) => Done::Pickup(r, Err(e().into())),
             failed => failed,
         }
     }
@@ -165,6 +181,7 @@ impl Done {
             Done::Changes(r, v) => drop(r.send(v)),
             Done::Count(r, v) => drop(r.send(v)),
             Done::Unit(r, v) => drop(r.send(v)),
+            Done::Pickup(r, v) => drop(r.send(v)),
         }
     }
 }
@@ -570,6 +587,22 @@ fn run_group(
                 reply,
                 in_savepoint(&mut tx, head, |c, h| write_footfall(c, h, time, batch)),
             ),
+            // Decided from the committed state of this transaction: the writer is the one place
+            // where two redeems (or a redeem and HQ's cancel) meet, so ledger order decides.
+            Command::Pickup { action, reply } => Done::Pickup(
+                reply,
+                in_savepoint(&mut tx, head, |c, h| {
+                    let now = time.now();
+                    pickup::act(c, now, action, &mut |ev| append(c, h, now, ev))
+                }),
+            ),
+            Command::ExpirePickups { reply } => Done::Count(
+                reply,
+                in_savepoint(&mut tx, head, |c, h| {
+                    let now = time.now();
+                    pickup::expire_due(c, now, &mut |ev| append(c, h, now, ev))
+                }),
+            ),
             Command::Close { .. } => continue,
         };
         done.push(d);
@@ -772,10 +805,7 @@ fn write_sale(
         conn,
         head,
         at,
-        StoredBody {
-            body: EventBody::SaleCommitted(record.clone()),
-            staged: None,
-        },
+        StoredBody::plain(EventBody::SaleCommitted(record.clone())),
     )?;
     head.new_sales += 1;
     Ok(SaleReceipt {
@@ -855,6 +885,8 @@ fn apply_changes(
                             price: p.price,
                             name: p.name.clone(),
                         }),
+                        order: None,
+                        ready_by: None,
                     },
                 )?;
                 head.staged = true;
@@ -875,24 +907,33 @@ fn apply_changes(
                     conn,
                     head,
                     time.now(),
-                    StoredBody {
-                        body: EventBody::StockAdjusted {
-                            adjustment_id: a.adjustment_id,
-                            gtin: a.gtin,
-                            delta: a.delta,
-                        },
-                        staged: None,
-                    },
+                    StoredBody::plain(EventBody::StockAdjusted {
+                        adjustment_id: a.adjustment_id,
+                        gtin: a.gtin,
+                        delta: a.delta,
+                    }),
                 )?;
                 out.adjusted += 1;
             }
-            // Not applied yet: refusing keeps the cursor before the change, so nothing is lost.
-            ChangeBody::PickupOrder(_)
-            | ChangeBody::PickupCancelled(_)
-            | ChangeBody::PickupKey(_) => {
-                return Err(invalid(
-                    "pickup changes are not supported by this agent".into(),
-                ));
+            ChangeBody::PickupKey(k) => {
+                pickup::store_key(conn, k).map_err(invalid)?;
+                out.pickup_keys += 1;
+            }
+            ChangeBody::PickupOrder(o) => {
+                let now = time.now();
+                match pickup::receive(conn, o, &mut |ev| append(conn, head, now, ev))? {
+                    Ok(true) => out.pickup_orders += 1,
+                    Ok(false) => out.ignored_pickups += 1,
+                    Err(e) => return Err(invalid(e)),
+                }
+            }
+            ChangeBody::PickupCancelled(c) => {
+                let now = time.now();
+                if pickup::cancel(conn, c, &mut |ev| append(conn, head, now, ev))? {
+                    out.pickup_cancels += 1;
+                } else {
+                    out.ignored_pickups += 1;
+                }
             }
         }
     }
@@ -929,15 +970,12 @@ fn activate_due(conn: &Connection, head: &mut Head, now: UtcMillis) -> Result<us
             conn,
             head,
             now,
-            StoredBody {
-                body: EventBody::PriceActivated {
-                    gtin,
-                    version: u64::try_from(version).unwrap_or(0),
-                    batch_id,
-                    price,
-                },
-                staged: None,
-            },
+            StoredBody::plain(EventBody::PriceActivated {
+                gtin,
+                version: u64::try_from(version).unwrap_or(0),
+                batch_id,
+                price,
+            }),
         )?;
     }
     Ok(n)
@@ -971,10 +1009,7 @@ fn write_footfall(
             conn,
             head,
             now,
-            StoredBody {
-                body: EventBody::FootfallCounted(iv),
-                staged: None,
-            },
+            StoredBody::plain(EventBody::FootfallCounted(iv)),
         )?;
     }
     Ok(n)
