@@ -182,15 +182,31 @@ pub struct HubProcess {
     child: Option<Reaped>,
     pub db_url: String,
     pub addr: SocketAddr,
+    /// Added to `aisle-hub serve` on every (re)start, e.g. `--expiry-sweep-s 1`.
+    pub extra_args: Vec<String>,
+    /// Set in the hub's environment on every (re)start, e.g. `AISLE_WEBHOOK_SECRET`.
+    pub extra_env: Vec<(String, String)>,
     log: PathBuf,
 }
 
 impl HubProcess {
     pub async fn start(db_url: &str, log_dir: &Path) -> Result<HubProcess> {
+        Self::start_with(db_url, log_dir, Vec::new(), Vec::new()).await
+    }
+
+    /// Like [`HubProcess::start`], with `extra_args` for `serve` and `extra_env` for the process.
+    pub async fn start_with(
+        db_url: &str,
+        log_dir: &Path,
+        extra_args: Vec<String>,
+        extra_env: Vec<(String, String)>,
+    ) -> Result<HubProcess> {
         let mut hub = HubProcess {
             child: None,
             db_url: db_url.to_string(),
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            extra_args,
+            extra_env,
             log: log_dir.join("hub.log"),
         };
         hub.restart().await?;
@@ -228,7 +244,9 @@ impl HubProcess {
                 "--db",
                 &self.db_url,
             ])
+            .args(&self.extra_args)
             .env("AISLE_HQ_TOKEN", HQ_TOKEN)
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)

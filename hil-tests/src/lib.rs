@@ -8,4 +8,5 @@ pub mod camera_sim;
 pub mod footfall;
 pub mod harness;
 pub mod mqtt;
+pub mod pickup;
 pub mod proxy;
