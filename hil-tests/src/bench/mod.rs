@@ -12,6 +12,7 @@ pub mod catch_up;
 pub mod footfall_ingest;
 pub mod ledger_append;
 pub mod reconnect;
+pub mod redeem;
 pub mod rss;
 
 /// One benchmark's figures and the rows it shows in the table.

@@ -13,13 +13,14 @@ const ALL: &[&str] = &[
     "agent_rss",
     "reconnect",
     "footfall_ingest",
+    "redeem",
 ];
 
 #[derive(Parser, Debug)]
 #[command(about = "Aisle benchmarks, each beside its baseline measured in the same run")]
 struct Args {
     /// Benchmarks to run (default: all): ledger_append, catch_up, agent_rss, reconnect,
-    /// footfall_ingest.
+    /// footfall_ingest, redeem.
     names: Vec<String>,
     /// Where report.json and report.md go.
     #[arg(long, default_value = "target/bench")]
@@ -39,6 +40,12 @@ struct Args {
     /// Messages per camera in footfall_ingest.
     #[arg(long, default_value_t = 5_000)]
     camera_messages: usize,
+    /// Open pickup orders in the store's ledger in redeem.
+    #[arg(long, default_value_t = 10_000)]
+    open_orders: usize,
+    /// Orders redeemed one after another in redeem.
+    #[arg(long, default_value_t = 500)]
+    redeems: usize,
 }
 
 #[tokio::main]
@@ -65,6 +72,7 @@ async fn main() -> Result<()> {
             "footfall_ingest" => {
                 bench::footfall_ingest::run(args.cameras, args.camera_messages).await?
             }
+            "redeem" => bench::redeem::run(args.open_orders, args.redeems).await?,
             other => bail!("unknown benchmark {other}"),
         };
         results.insert(name.clone(), r);
