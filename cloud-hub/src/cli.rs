@@ -1,8 +1,9 @@
 //! The `aisle-hub` command line.
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use aisle_protocol::{Currency, GatewayId, OrderId, StoreId};
+use aisle_protocol::{Currency, GatewayId, OrderId, StoreId, UtcMillis};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
@@ -11,6 +12,9 @@ use aisle_hub::config::{DEFAULT_DB_URL, DEFAULT_LISTEN, HQ_TOKEN_ENV};
 use aisle_hub::pickup::sweeper::SweepSettings;
 use aisle_hub::pickup::webhook::{WEBHOOK_SECRET_ENV, WebhookSecret, WebhookSettings};
 use aisle_hub::pickup::{OrderFilter, OrderStatus};
+use aisle_hub::security::qr::{self, enrolment_uri};
+use aisle_hub::security::tls::{self, TlsIdentity};
+use aisle_hub::security::{Actor, NewApiToken, NewEnrolment, Role, check_token_name, parse_ttl};
 use aisle_hub::storage::{self, NewStore};
 use aisle_hub::timefmt::format_rfc3339;
 use aisle_hub::{HqToken, HubConfig, PickupSettings};
@@ -31,11 +35,19 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve the HQ and sync APIs (HQ token from AISLE_HQ_TOKEN; webhook secret from
-    /// AISLE_WEBHOOK_SECRET, or generated and stored in the database when unset).
+    /// Serve the HQ and sync APIs. AISLE_HQ_TOKEN is the bootstrap admin token (make role
+    /// tokens with `token create`); the webhook secret comes from AISLE_WEBHOOK_SECRET, or is
+    /// generated and stored in the database when unset. HTTPS with --tls-cert and --tls-key
+    /// (see `tls init`), plain HTTP without.
     Serve {
         #[arg(long, default_value = DEFAULT_LISTEN)]
         listen: SocketAddr,
+        /// PEM certificate chain to serve HTTPS with (the server's certificate first).
+        #[arg(long, env = "AISLE_TLS_CERT", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key of --tls-cert (keep it mode 0600).
+        #[arg(long, env = "AISLE_TLS_KEY", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
         /// Delay before the first webhook retry, in milliseconds (doubled per attempt).
         #[arg(long, env = "AISLE_WEBHOOK_RETRY_MS", default_value_t = 1_000)]
         webhook_retry_ms: u64,
@@ -75,6 +87,95 @@ pub enum Command {
         #[command(subcommand)]
         command: ChangesCommand,
     },
+    /// HQ API tokens with roles (pricing, orders, admin).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// The append-only, hash-chained audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// One-time codes that enrol a new gateway with its own key.
+    Enrolment {
+        #[command(subcommand)]
+        command: EnrolmentCommand,
+    },
+    /// HTTPS for a self-hosted HQ.
+    Tls {
+        #[command(subcommand)]
+        command: TlsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token; prints it once (only its SHA-256 is stored). Send it as
+    /// `Authorization: Bearer <token>`.
+    Create {
+        /// pricing (price batches), orders (pickup orders), admin (everything)
+        #[arg(long)]
+        role: String,
+        /// Who or what holds it, e.g. "pricing-tool"
+        #[arg(long)]
+        name: String,
+    },
+    /// List tokens: id, role, name, created, revoked.
+    List,
+    /// Revoke a token by id: refused from its next request on.
+    Revoke { token_id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Print entries as JSON lines, oldest first.
+    List {
+        /// First entry (seq) to print.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Check the hash chain; exits non-zero when an entry was altered or removed.
+    Verify,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EnrolmentCommand {
+    /// Create a one-time enrolment code for a store's new gateway; prints the code once.
+    Create {
+        #[arg(long)]
+        store: String,
+        /// How long the code stays valid: e.g. 30m, 24h, 7d (at most 30 days).
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        /// Also write a QR code (PNG) of the enrolment URI to this file.
+        #[arg(long)]
+        qr: Option<PathBuf>,
+        /// The hub's URL as the gateway reaches it, put in the URI and QR code.
+        #[arg(long)]
+        hub_url: Option<String>,
+        /// The certificate the hub serves (--tls-cert of serve): its fingerprint is printed
+        /// for the gateway to pin.
+        #[arg(long, env = "AISLE_TLS_CERT")]
+        tls_cert: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TlsCommand {
+    /// Make a private CA and a server certificate in DIR (ca.pem, ca-key.pem, server.pem,
+    /// server-key.pem; keys mode 0600). Never overwrites.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// DNS names or IP addresses the hub is reached by (repeat, or comma-separate).
+        #[arg(long = "host", required = true, value_delimiter = ',')]
+        hosts: Vec<String>,
+    },
+    /// Print the SHA-256 fingerprint of a PEM certificate (what gateways pin).
+    Fingerprint { cert: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -100,8 +201,10 @@ pub enum GatewayCommand {
         #[arg(long)]
         store: String,
     },
-    /// Revoke a gateway: its credential stops working at once.
+    /// Revoke a gateway: its credential or key stops working on its next request.
     Revoke { gateway_id: String },
+    /// List gateways: id, store, auth (key or bearer), created, revoked, name.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -149,6 +252,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve {
             listen,
+            tls_cert,
+            tls_key,
             webhook_retry_ms,
             webhook_retry_max_s,
             expiry_grace_s,
@@ -169,7 +274,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     grace: Duration::from_secs(expiry_grace_s),
                 },
             };
-            serve(listen, cli.db, pickups).await
+            let tls = match (tls_cert, tls_key) {
+                (Some(cert), Some(key)) => Some(
+                    TlsIdentity::load(&cert, &key)
+                        .context("loading the TLS certificate and key")?,
+                ),
+                _ => None,
+            };
+            serve(listen, cli.db, pickups, tls).await
         }
         Command::Orders { command } => {
             let db = storage::open(&cli.db).await?;
@@ -253,20 +365,41 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             match command {
                 GatewayCommand::Add { store } => {
                     let store = StoreId::parse(&store)?;
-                    let credential = db.create_gateway(&store).await?;
+                    let credential = db.create_gateway_by(&store, &Actor::cli()).await?;
                     // The only output: scripts capture this line as the gateway's credential.
                     println!("{credential}");
                     tracing::info!(target: "audit", gateway = %credential.gateway_id, %store, "gateway added");
                 }
                 GatewayCommand::Revoke { gateway_id } => {
                     let id = GatewayId::parse(&gateway_id)?;
-                    db.revoke_gateway(&id).await?;
+                    db.revoke_gateway_by(&id, &Actor::cli()).await?;
                     println!("gateway {id} revoked");
                     tracing::info!(target: "audit", gateway = %id, "gateway revoked");
+                }
+                GatewayCommand::List => {
+                    for g in db.list_gateways().await? {
+                        println!(
+                            "{}\t{}\t{}\t{}\t{}\t{}",
+                            g.gateway_id,
+                            g.store,
+                            if g.enrolled_name.is_some() {
+                                "key"
+                            } else {
+                                "bearer"
+                            },
+                            format_rfc3339(g.created_at),
+                            g.revoked_at.map_or_else(|| "-".to_owned(), format_rfc3339),
+                            g.enrolled_name.unwrap_or_default()
+                        );
+                    }
                 }
             }
             Ok(())
         }
+        Command::Token { command } => token_command(&cli.db, command).await,
+        Command::Audit { command } => audit_command(&cli.db, command).await,
+        Command::Enrolment { command } => enrolment_command(&cli.db, command).await,
+        Command::Tls { command } => tls_command(command),
         Command::Changes {
             command: ChangesCommand::Compact,
         } => {
@@ -281,7 +414,144 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn serve(listen: SocketAddr, db: String, pickups: PickupSettings) -> anyhow::Result<()> {
+async fn token_command(db: &str, command: TokenCommand) -> anyhow::Result<()> {
+    let db = storage::open(db).await?;
+    match command {
+        TokenCommand::Create { role, name } => {
+            let role = Role::parse(&role).map_err(anyhow::Error::msg)?;
+            let name = check_token_name(&name).map_err(anyhow::Error::msg)?;
+            let token = NewApiToken::generate();
+            let info = db
+                .create_api_token(&token, &name, role, &Actor::cli())
+                .await?;
+            eprintln!(
+                "token {} ({}, role {}) created; it is shown only now:",
+                info.token_id, info.name, info.role
+            );
+            println!("{}", token.secret());
+        }
+        TokenCommand::List => {
+            for t in db.list_api_tokens().await? {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    t.token_id,
+                    t.role,
+                    t.name,
+                    format_rfc3339(t.created_at),
+                    t.revoked_at.map_or_else(|| "-".to_owned(), format_rfc3339)
+                );
+            }
+        }
+        TokenCommand::Revoke { token_id } => {
+            db.revoke_api_token(token_id.trim(), &Actor::cli()).await?;
+            println!("token {} revoked", token_id.trim());
+        }
+    }
+    Ok(())
+}
+
+async fn audit_command(db: &str, command: AuditCommand) -> anyhow::Result<()> {
+    let db = storage::open(db).await?;
+    match command {
+        AuditCommand::List { from, limit } => {
+            let mut next = from.max(1);
+            let mut left = limit;
+            while left > 0 {
+                let page = db.audit_entries(next, left.min(1_000)).await?;
+                let Some(last) = page.last() else { break };
+                next = last.seq + 1;
+                left = left.saturating_sub(u32::try_from(page.len()).unwrap_or(u32::MAX));
+                for e in page {
+                    println!("{}", serde_json::to_string(&e)?);
+                }
+            }
+        }
+        AuditCommand::Verify => {
+            let v = db.verify_audit().await?;
+            match v.broken {
+                None => println!(
+                    "audit log intact: {} entries, hash chain verified",
+                    v.entries
+                ),
+                Some((seq, why)) => {
+                    bail!(
+                        "audit log broken at entry {seq}: {why} ({} entries before it verified)",
+                        v.entries
+                    )
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn enrolment_command(db: &str, command: EnrolmentCommand) -> anyhow::Result<()> {
+    let EnrolmentCommand::Create {
+        store,
+        ttl,
+        qr,
+        hub_url,
+        tls_cert,
+    } = command;
+    let store = StoreId::parse(&store)?;
+    let ttl = parse_ttl(&ttl).map_err(anyhow::Error::msg)?;
+    let fingerprint = tls_cert
+        .as_deref()
+        .map(tls::fingerprint_of_file)
+        .transpose()?;
+    let db = storage::open(db).await?;
+    let e = NewEnrolment::generate(&store, UtcMillis::now().saturating_add_ms(ttl));
+    db.create_enrolment(&e, &Actor::cli()).await?;
+    let code = e.code.display();
+    let uri = enrolment_uri(&code, hub_url.as_deref(), fingerprint.as_deref());
+    if let Some(path) = &qr {
+        qr::write_png(path, &uri)?;
+    }
+    println!("enrolment code: {code}");
+    println!("store:          {store}");
+    println!("expires:        {}", format_rfc3339(e.expires_at));
+    match &fingerprint {
+        Some(fp) => println!("hub TLS sha256: {fp}"),
+        None => println!("hub TLS sha256: none (give --tls-cert when the hub serves HTTPS)"),
+    }
+    println!("uri:            {uri}");
+    if let Some(path) = &qr {
+        println!("qr code:        {}", path.display());
+    }
+    // stdout, like the code itself: stderr is for logs, and logs never hold a code.
+    println!(
+        "single use; on the gateway: aisle-agent enroll --hub {} --code {code}",
+        hub_url.as_deref().unwrap_or("<hub URL>")
+    );
+    Ok(())
+}
+
+fn tls_command(command: TlsCommand) -> anyhow::Result<()> {
+    match command {
+        TlsCommand::Init { dir, hosts } => {
+            let files = tls::init(&dir, &hosts)?;
+            println!("CA certificate:     {}", files.ca_cert.display());
+            println!("CA key (0600):      {}", files.ca_key.display());
+            println!("server certificate: {}", files.server_cert.display());
+            println!("server key (0600):  {}", files.server_key.display());
+            println!("server sha256:      {}", files.fingerprint);
+            eprintln!(
+                "serve with: aisle-hub serve --tls-cert {} --tls-key {}; keep ca-key.pem offline",
+                files.server_cert.display(),
+                files.server_key.display()
+            );
+        }
+        TlsCommand::Fingerprint { cert } => println!("{}", tls::fingerprint_of_file(&cert)?),
+    }
+    Ok(())
+}
+
+async fn serve(
+    listen: SocketAddr,
+    db: String,
+    pickups: PickupSettings,
+    tls: Option<TlsIdentity>,
+) -> anyhow::Result<()> {
     let token = match std::env::var(HQ_TOKEN_ENV) {
         Ok(t) => t,
         Err(_) => bail!(
@@ -299,6 +569,7 @@ async fn serve(listen: SocketAddr, db: String, pickups: PickupSettings) -> anyho
         db_url: db,
         hq_token,
         pickups,
+        tls,
     })
     .await?;
     eprintln!("aisle-hub listening on {}", hub.base_url());

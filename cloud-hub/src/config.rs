@@ -62,6 +62,8 @@ pub struct HubConfig {
     pub hq_token: HqToken,
     /// Click-and-collect: webhook secret (`AISLE_WEBHOOK_SECRET`) and delivery, expiry sweep.
     pub pickups: crate::PickupSettings,
+    /// Serve HTTPS with this certificate and key; `None`: plain HTTP.
+    pub tls: Option<crate::security::tls::TlsIdentity>,
 }
 
 #[cfg(test)]

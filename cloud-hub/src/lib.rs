@@ -20,6 +20,7 @@ pub mod footfall;
 pub mod metrics;
 pub mod pickup;
 pub mod price_batch;
+pub mod security;
 pub mod storage;
 pub mod testsupport;
 pub mod timefmt;
@@ -52,6 +53,7 @@ pub struct HubServer {
     storage: Arc<dyn HubStorage>,
     hq_token: HqToken,
     pickups: PickupSettings,
+    tls: Option<security::tls::TlsIdentity>,
 }
 
 impl HubServer {
@@ -61,7 +63,14 @@ impl HubServer {
             storage,
             hq_token,
             pickups: PickupSettings::default(),
+            tls: None,
         }
+    }
+
+    /// Serve HTTPS with this identity instead of plain HTTP.
+    pub fn with_tls(mut self, tls: Option<security::tls::TlsIdentity>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Click-and-collect settings (webhook secret and delivery, expiry sweep).
@@ -96,6 +105,7 @@ impl HubServer {
             metrics: metrics.clone(),
             shutdown: shutdown_rx.clone(),
             webhooks: webhooks.clone(),
+            tls_fingerprint: self.tls.as_ref().map(|t| t.fingerprint().to_owned()),
         };
         let worker = pickup::webhook::WebhookWorker::new(
             self.storage.clone(),
@@ -115,17 +125,41 @@ impl HubServer {
                 shutdown_rx.clone(),
             )),
         ];
-        let app = api::router(state);
+        let app =
+            api::router(state).into_make_service_with_connect_info::<api::enrol::ClientAddr>();
         let mut stop = shutdown_rx;
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
-        });
-        tracing::info!(%local_addr, backend = ?self.storage.backend(), "aisle-hub listening");
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let task = match &self.tls {
+            None => tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            }),
+            Some(identity) => {
+                let tls =
+                    security::tls::TlsListener::new(listener, identity).map_err(|source| {
+                        HubError::Bind {
+                            addr: listen,
+                            source,
+                        }
+                    })?;
+                tokio::spawn(
+                    async move { axum::serve(tls, app).with_graceful_shutdown(stopped).await },
+                )
+            }
+        };
+        tracing::info!(
+            %local_addr,
+            scheme,
+            backend = ?self.storage.backend(),
+            tls_fingerprint = self.tls.as_ref().map(|t| t.fingerprint()),
+            "aisle-hub listening"
+        );
         Ok(HubHandle {
+            scheme,
             local_addr,
             storage: self.storage,
             shutdown: shutdown_tx,
@@ -140,6 +174,7 @@ pub async fn serve(config: HubConfig) -> Result<HubHandle, HubError> {
     let storage = storage::open(&config.db_url).await?;
     HubServer::new(storage, config.hq_token)
         .with_pickups(config.pickups)
+        .with_tls(config.tls)
         .start(config.listen)
         .await
 }
@@ -147,6 +182,7 @@ pub async fn serve(config: HubConfig) -> Result<HubHandle, HubError> {
 /// A running hub.
 #[derive(Debug)]
 pub struct HubHandle {
+    scheme: &'static str,
     local_addr: SocketAddr,
     storage: Arc<dyn HubStorage>,
     shutdown: watch::Sender<bool>,
@@ -161,9 +197,9 @@ impl HubHandle {
         self.local_addr
     }
 
-    /// `http://<local_addr>`.
+    /// `http://<local_addr>`, or `https://` when serving TLS.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.local_addr)
+        format!("{}://{}", self.scheme, self.local_addr)
     }
 
     /// The storage the hub serves from (tests use it to set up stores and gateways).

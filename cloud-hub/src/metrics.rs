@@ -30,6 +30,9 @@ pub struct HubMetrics {
     pub webhooks_delivered: Counter,
     pub webhook_failures: Counter,
     pub webhooks_pending: Gauge,
+    pub signed_refused: Counter,
+    pub enrolments: Counter,
+    pub enrolments_refused: Counter,
 }
 
 impl Default for HubMetrics {
@@ -113,7 +116,28 @@ impl HubMetrics {
             "Webhooks in the outbox not delivered yet (as last seen by this process's worker)",
             webhooks_pending.clone(),
         );
+        let signed_refused = Counter::default();
+        registry.register(
+            "signed_requests_refused",
+            "Gateway requests refused for their signature, clock, nonce or key",
+            signed_refused.clone(),
+        );
+        let enrolments = Counter::default();
+        registry.register(
+            "enrolments",
+            "Gateways enrolled with a one-time code",
+            enrolments.clone(),
+        );
+        let enrolments_refused = Counter::default();
+        registry.register(
+            "enrolments_refused",
+            "Enrolment attempts refused (wrong, used, expired or malformed code or key, rate limit)",
+            enrolments_refused.clone(),
+        );
         HubMetrics {
+            signed_refused,
+            enrolments,
+            enrolments_refused,
             registry,
             orders_created,
             orders_cancelled,

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use aisle_protocol::StoreId;
+use aisle_protocol::auth::{ENROL_PATH, error_code as auth_code};
 use aisle_protocol::sync::{
     ErrorBody, MAX_BODY_BYTES, MIN_PROTOCOL_VERSION, PROTOCOL_HEADER, PROTOCOL_VERSION,
     SERVER_TIME_HEADER, error_code, path, version_compatible,
@@ -26,12 +27,16 @@ use tokio::sync::watch;
 use crate::config::HqToken;
 use crate::metrics::{HubMetrics, RequestLabels};
 use crate::price_batch::BatchError;
+use crate::security::{Principal, Role, TOKEN_PREFIX, token_hash};
 use crate::storage::{AuthenticatedGateway, HubStorage, StorageError, Store};
 
+pub mod audit;
+pub mod enrol;
 pub mod footfall;
 pub mod health;
 pub mod orders;
 pub mod price_batches;
+pub mod signed;
 pub mod stores;
 pub mod sync;
 
@@ -48,6 +53,8 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// Wakes the webhook worker after something may have queued a webhook.
     pub webhooks: Arc<tokio::sync::Notify>,
+    /// SHA-256 of the served TLS certificate (hex), `None` when serving plain HTTP.
+    pub tls_fingerprint: Option<String>,
 }
 
 /// An API failure; the only place errors become HTTP status codes.
@@ -59,12 +66,23 @@ pub enum ApiError {
     Forbidden(String),
     NotFound(String),
     Conflict(String),
-    SeqGap { expected_from: u64, message: String },
+    SeqGap {
+        expected_from: u64,
+        message: String,
+    },
     CursorExpired(String),
     PayloadTooLarge(String),
     UnsupportedMediaType(String),
     IncompatibleProtocol(String),
     Unavailable(String),
+    /// A signed request whose nonce was seen before (401 `replayed`).
+    Replayed(String),
+    /// A signed request whose timestamp is outside the window (401 `clock_skew`).
+    ClockSkew(String),
+    /// An enrolment code that was used or expired (410).
+    Gone(String),
+    /// Too many refused attempts (429 `rate_limited`).
+    TooManyRequests(String),
     Internal,
 }
 
@@ -89,6 +107,10 @@ impl ApiError {
                 error_code::INCOMPATIBLE_PROTOCOL,
             ),
             Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, error_code::UNAVAILABLE),
+            Replayed(_) => (StatusCode::UNAUTHORIZED, auth_code::REPLAYED),
+            ClockSkew(_) => (StatusCode::UNAUTHORIZED, auth_code::CLOCK_SKEW),
+            Gone(_) => (StatusCode::GONE, auth_code::ENROLMENT_CODE_GONE),
+            TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, auth_code::RATE_LIMITED),
             Internal => (StatusCode::INTERNAL_SERVER_ERROR, error_code::INTERNAL),
         }
     }
@@ -111,7 +133,11 @@ impl ApiError {
             | PayloadTooLarge(m)
             | UnsupportedMediaType(m)
             | IncompatibleProtocol(m)
-            | Unavailable(m) => m.clone(),
+            | Unavailable(m)
+            | Replayed(m)
+            | ClockSkew(m)
+            | Gone(m)
+            | TooManyRequests(m) => m.clone(),
             SeqGap { message, .. } => message.clone(),
             Internal => "internal error; the hub's log has the details".to_owned(),
         }
@@ -148,9 +174,10 @@ impl From<StorageError> for ApiError {
             | S::OrderMismatch(_)
             | S::InsufficientStock { .. }
             | S::CannotCancel(_) => ApiError::Conflict(msg),
-            S::UnknownBatch(_) | S::UnknownOrder(_) | S::UnknownProduct { .. } => {
-                ApiError::NotFound(msg)
-            }
+            S::UnknownBatch(_)
+            | S::UnknownOrder(_)
+            | S::UnknownToken(_)
+            | S::UnknownProduct { .. } => ApiError::NotFound(msg),
             S::UnknownGateway(_) | S::BadCredential => ApiError::Unauthorized(msg),
             S::BatchTooLarge(_) => ApiError::PayloadTooLarge(msg),
             S::SeqGap { expected_from } => ApiError::SeqGap {
@@ -299,7 +326,9 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
 /// Who is calling.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Caller {
-    Hq,
+    /// HQ, with a token and its role.
+    Hq(Principal),
+    /// A gateway: by its bearer credential or a request signed with its enrolled key.
     Gateway(AuthenticatedGateway),
 }
 
@@ -307,7 +336,7 @@ impl Caller {
     /// HQ may read every store; a gateway only its own.
     pub fn require_store(&self, store: &StoreId) -> Result<(), ApiError> {
         match self {
-            Caller::Hq => Ok(()),
+            Caller::Hq(_) => Ok(()),
             Caller::Gateway(g) if &g.store == store => Ok(()),
             Caller::Gateway(g) => Err(ApiError::Forbidden(format!(
                 "gateway {} belongs to store {} and may not access store {store}",
@@ -317,13 +346,33 @@ impl Caller {
     }
 }
 
+/// Put in a request's extensions by [`signed::verify`] once its signature, clock and nonce
+/// checked out.
+#[derive(Clone, Debug)]
+pub struct SignedGateway(pub AuthenticatedGateway);
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if let Some(SignedGateway(g)) = parts.extensions.get::<SignedGateway>() {
+            return Ok(Caller::Gateway(g.clone()));
+        }
         let token = bearer(parts)?;
         if state.hq_token.matches(token) {
-            return Ok(Caller::Hq);
+            return Ok(Caller::Hq(Principal::bootstrap()));
+        }
+        if token.starts_with(TOKEN_PREFIX) {
+            return match state.storage.api_token_by_hash(&token_hash(token)).await? {
+                Some(t) => Ok(Caller::Hq(Principal {
+                    token_id: Some(t.token_id),
+                    name: t.name,
+                    role: t.role,
+                })),
+                None => Err(ApiError::Unauthorized(
+                    "the token is not valid (unknown or revoked)".into(),
+                )),
+            };
         }
         match state.storage.authenticate_gateway(token).await {
             Ok(g) => Ok(Caller::Gateway(g)),
@@ -335,20 +384,80 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
-/// An HQ caller (bearer = the HQ token).
+/// An HQ caller with any role (reports).
 #[derive(Debug)]
-pub struct HqAuth;
+pub struct HqAuth(pub Principal);
 
 impl FromRequestParts<AppState> for HqAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         match Caller::from_request_parts(parts, state).await? {
-            Caller::Hq => Ok(HqAuth),
+            Caller::Hq(p) => Ok(HqAuth(p)),
             Caller::Gateway(g) => Err(ApiError::Forbidden(format!(
-                "gateway {} may not use this route; it needs the HQ token",
+                "gateway {} may not use this route; it needs an HQ token",
                 g.gateway_id
             ))),
+        }
+    }
+}
+
+/// The role a route needs; see [`RoleAuth`].
+pub trait NeedsRole {
+    const ROLE: Role;
+}
+
+/// Marker: the route needs the `pricing` role.
+#[derive(Debug)]
+pub struct Pricing;
+/// Marker: the route needs the `orders` role.
+#[derive(Debug)]
+pub struct Orders;
+/// Marker: the route needs the `admin` role.
+#[derive(Debug)]
+pub struct Admin;
+
+impl NeedsRole for Pricing {
+    const ROLE: Role = Role::Pricing;
+}
+impl NeedsRole for Orders {
+    const ROLE: Role = Role::Orders;
+}
+impl NeedsRole for Admin {
+    const ROLE: Role = Role::Admin;
+}
+
+/// An HQ caller whose token has role `R::ROLE` (or admin): else 403 naming the role.
+#[derive(Debug)]
+pub struct RoleAuth<R>(pub Principal, std::marker::PhantomData<R>);
+
+impl<R> RoleAuth<R> {
+    pub fn principal(&self) -> &Principal {
+        &self.0
+    }
+}
+
+/// Price batches.
+pub type PricingAuth = RoleAuth<Pricing>;
+/// Pickup orders.
+pub type OrdersAuth = RoleAuth<Orders>;
+/// Stores, gateways, enrolment, audit, stock adjustments.
+pub type AdminAuth = RoleAuth<Admin>;
+
+impl<R: NeedsRole + Send + Sync> FromRequestParts<AppState> for RoleAuth<R> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let HqAuth(p) = HqAuth::from_request_parts(parts, state).await?;
+        if p.role.allows(R::ROLE) {
+            Ok(RoleAuth(p, std::marker::PhantomData))
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "this route needs the {} role (or admin); token '{}' has the {} role",
+                R::ROLE,
+                p.name,
+                p.role
+            )))
         }
     }
 }
@@ -364,7 +473,7 @@ impl FromRequestParts<AppState> for SyncPeer {
         check_protocol(&parts.headers)?;
         match Caller::from_request_parts(parts, state).await? {
             Caller::Gateway(g) => Ok(SyncPeer(g)),
-            Caller::Hq => Err(ApiError::Forbidden(
+            Caller::Hq(_) => Err(ApiError::Forbidden(
                 "the sync API is for gateways; use a gateway credential".into(),
             )),
         }
@@ -484,6 +593,15 @@ fn table() -> RouteTable {
         )
         .get(path::CHANGES, sync::changes)
         .post(path::EVENTS, MAX_BODY_BYTES, sync::events)
+        .get("/v1/audit", audit::list)
+        .get("/v1/gateways", enrol::list_gateways)
+        .post(
+            "/v1/gateways/{id}/revoke",
+            MAX_SMALL_BODY_BYTES,
+            enrol::revoke_gateway,
+        )
+        .post("/v1/enrolments", MAX_SMALL_BODY_BYTES, enrol::create)
+        .post(ENROL_PATH, MAX_SMALL_BODY_BYTES, enrol::enrol)
 }
 
 /// Every (method, path template) the router serves.
@@ -496,6 +614,10 @@ pub fn router(state: AppState) -> Router {
     table()
         .router
         .fallback(no_route)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            signed::verify,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             stamp_and_count,

@@ -13,7 +13,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, ApiPath, ApiQuery, AppState, Body, HqAuth, JsonBody, media_type};
+use super::{ApiError, ApiPath, ApiQuery, AppState, Body, JsonBody, OrdersAuth, media_type};
 use crate::pickup::{
     ConflictKind, MAX_ORDER_LIST, MAX_REASON_CHARS, NewOrder, OrderFilter, OrderLineRequest,
     OrderStatus, OrderView, PlacedOrder, Source, WebhookKind,
@@ -300,7 +300,7 @@ pub fn parse_request(req: OrderRequest) -> Result<NewOrder, ApiError> {
 /// `POST /v1/orders` (HQ): places an order, reserves its stock and answers the pickup token.
 pub async fn create(
     State(state): State<AppState>,
-    _hq: HqAuth,
+    _auth: OrdersAuth,
     JsonBody(req): JsonBody<OrderRequest>,
 ) -> Result<(StatusCode, Json<OrderCreated>), ApiError> {
     let order = parse_request(req)?;
@@ -328,7 +328,7 @@ pub async fn create(
 /// `GET /v1/orders/{id}` (HQ): status, lines, history, conflicts and notifications.
 pub async fn get(
     State(state): State<AppState>,
-    _hq: HqAuth,
+    _auth: OrdersAuth,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<OrderBody>, ApiError> {
     let id = parse_order_id(&id)?;
@@ -351,7 +351,7 @@ pub struct CancelRequest {
 /// at HQ, stock released, the cancellation sent to the store; answers the order.
 pub async fn cancel(
     State(state): State<AppState>,
-    _hq: HqAuth,
+    auth: OrdersAuth,
     ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
     Body(body): Body,
@@ -379,7 +379,12 @@ pub async fn cancel(
     };
     let receipt = state
         .storage
-        .cancel_order(&id, reason.as_deref(), UtcMillis::now())
+        .cancel_order_by(
+            &id,
+            reason.as_deref(),
+            UtcMillis::now(),
+            &auth.principal().actor(),
+        )
         .await
         .map_err(order_error)?;
     if receipt.cancelled_now {
@@ -427,7 +432,7 @@ pub struct OrderSummaryBody {
 /// `GET /v1/orders?store=&status=&limit=` (HQ): orders, newest first.
 pub async fn list(
     State(state): State<AppState>,
-    _hq: HqAuth,
+    _auth: OrdersAuth,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<OrderListBody>, ApiError> {
     let store = params

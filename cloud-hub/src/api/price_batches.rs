@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, ApiPath, ApiQuery, AppState, Body, HqAuth, media_type};
+use super::{ApiError, ApiPath, ApiQuery, AppState, Body, PricingAuth, media_type};
 use crate::price_batch::PriceBatch;
 use crate::timefmt::format_rfc3339;
 
@@ -48,7 +48,7 @@ pub struct StoreProgressBody {
 /// `POST /v1/price-batches` (HQ): a JSON or CSV batch, stored all or nothing.
 pub async fn create(
     State(state): State<AppState>,
-    _hq: HqAuth,
+    auth: PricingAuth,
     headers: HeaderMap,
     ApiQuery(params): ApiQuery<BatchParams>,
     Body(body): Body,
@@ -78,7 +78,10 @@ pub async fn create(
             ));
         }
     };
-    let receipt = state.storage.create_price_batch(&batch).await?;
+    let receipt = state
+        .storage
+        .create_price_batch_by(&batch, &auth.principal().actor())
+        .await?;
     state.metrics.price_batches.inc();
     state.metrics.price_batch_items.inc_by(receipt.items as u64);
     tracing::info!(
@@ -103,7 +106,7 @@ pub async fn create(
 /// `GET /v1/price-batches/{id}` (HQ): how far each store got.
 pub async fn progress(
     State(state): State<AppState>,
-    _hq: HqAuth,
+    _auth: PricingAuth,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<BatchProgressBody>, ApiError> {
     let id = BatchId::parse(&id).map_err(|e| ApiError::BadRequest(e.to_string()))?;

@@ -7,7 +7,8 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ApiError, ApiPath, ApiQuery, AppState, Caller, HqAuth, JsonBody, parse_store_id, require_store,
+    AdminAuth, ApiError, ApiPath, ApiQuery, AppState, Caller, JsonBody, parse_store_id,
+    require_store,
 };
 use crate::storage::{NewStockAdjustment, SalesSince};
 use crate::timefmt::{format_rfc3339, parse_rfc3339};
@@ -197,7 +198,7 @@ pub struct AdjustmentBody {
 /// `POST /v1/stores/{id}/stock-adjustments` (HQ): 201 when recorded, 200 for the same retry.
 pub async fn adjust(
     State(state): State<AppState>,
-    _hq: HqAuth,
+    _auth: AdminAuth,
     ApiPath(id): ApiPath<String>,
     JsonBody(req): JsonBody<AdjustmentRequest>,
 ) -> Result<(StatusCode, Json<AdjustmentBody>), ApiError> {

@@ -15,6 +15,14 @@ use tokio::time::Instant;
 use super::{ApiError, ApiQuery, AppState, Body, SyncPeer, media_type};
 use crate::metrics::WaitingPoll;
 
+/// `?store=`: optional on the changefeed; when given it must be the gateway's own store (the
+/// changefeed served is always the gateway's own).
+#[derive(Debug, Deserialize)]
+pub struct StoreScope {
+    #[serde(default)]
+    pub store: Option<String>,
+}
+
 /// Changes per page unless `limit` says otherwise.
 pub const DEFAULT_CHANGES_LIMIT: u32 = 1_000;
 
@@ -24,7 +32,17 @@ pub async fn changes(
     State(state): State<AppState>,
     SyncPeer(gateway): SyncPeer,
     ApiQuery(q): ApiQuery<ChangesQuery>,
+    ApiQuery(scope): ApiQuery<StoreScope>,
 ) -> Result<Json<ChangePage>, ApiError> {
+    if let Some(store) = scope.store.as_deref() {
+        let store = super::parse_store_id(store)?;
+        if store != gateway.store {
+            return Err(ApiError::Forbidden(format!(
+                "gateway {} belongs to store {} and may not read store {store}'s changefeed",
+                gateway.gateway_id, gateway.store
+            )));
+        }
+    }
     let limit = match q.limit {
         None => DEFAULT_CHANGES_LIMIT,
         Some(0) => return Err(ApiError::BadRequest("limit must be at least 1".into())),

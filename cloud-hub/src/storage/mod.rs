@@ -30,11 +30,18 @@ use crate::pickup::{
     CancelReceipt, NewOrder, OrderFilter, OrderReceipt, OrderSummary, OrderView, WebhookDelivery,
 };
 use crate::price_batch::PriceBatch;
+use crate::security::{
+    AUDIT_GENESIS, Actor, ApiTokenInfo, AuditEntry, AuditInput, AuditVerification, EnrolAttempt,
+    EnrolRefusal, EnrolledGateway, GatewayInfo, GatewayKey, NewApiToken, NewEnrolment, Role,
+    verify_chain,
+};
 
 pub mod postgres;
 mod postgres_orders;
+mod postgres_security;
 pub mod sqlite;
 mod sqlite_orders;
+mod sqlite_security;
 
 pub use postgres::PgStorage;
 pub use sqlite::SqliteStorage;
@@ -45,7 +52,9 @@ pub use sqlite::SqliteStorage;
 /// 3: click-and-collect: orders, their lines, history, conflicts, stock reservations, the
 /// pickup signing key, hub secrets, pickup event keys and the webhook outbox. An older hub
 /// would refuse the stores' pickup events and neither expire orders nor deliver webhooks.
-pub const SCHEMA_VERSION: i64 = 3;
+/// 4: security: HQ API tokens, the append-only audit log, enrolment codes, gateway keys and
+/// request nonces. An older hub would neither audit nor honour tokens and enrolled gateways.
+pub const SCHEMA_VERSION: i64 = 4;
 /// Most buckets one footfall query may span.
 pub const MAX_FOOTFALL_BUCKETS: i64 = 3_000;
 /// One UTC day in milliseconds.
@@ -76,6 +85,8 @@ pub enum StorageError {
     UnknownBatch(BatchId),
     #[error("unknown order {0}")]
     UnknownOrder(OrderId),
+    #[error("unknown API token {0}")]
+    UnknownToken(String),
     #[error("order {0} was already placed with different content; an order id names one order")]
     OrderMismatch(OrderId),
     #[error("line {line}: store {store} does not sell {gtin} (the hub has no price for it there)")]
@@ -508,7 +519,16 @@ pub trait HubStorage: Send + Sync + fmt::Debug {
     async fn list_stores(&self) -> Result<Vec<Store>, StorageError>;
 
     /// Creates a gateway bound to `store`; the returned credential is the only copy of the secret.
-    async fn create_gateway(&self, store: &StoreId) -> Result<GatewayCredential, StorageError>;
+    async fn create_gateway(&self, store: &StoreId) -> Result<GatewayCredential, StorageError> {
+        self.create_gateway_by(store, &Actor::hub()).await
+    }
+
+    /// [`create_gateway`](Self::create_gateway), audited as `actor`'s in the same transaction.
+    async fn create_gateway_by(
+        &self,
+        store: &StoreId,
+        actor: &Actor,
+    ) -> Result<GatewayCredential, StorageError>;
 
     /// Checks `<gateway_id>.<secret>`; unknown, wrong or revoked -> [`StorageError::BadCredential`].
     async fn authenticate_gateway(
@@ -516,11 +536,30 @@ pub trait HubStorage: Send + Sync + fmt::Debug {
         credential: &str,
     ) -> Result<AuthenticatedGateway, StorageError>;
 
-    /// Revokes a gateway: its credential stops working at once.
-    async fn revoke_gateway(&self, gateway: &GatewayId) -> Result<(), StorageError>;
+    /// Revokes a gateway: its credential (bearer secret or enrolled key) stops working at once.
+    async fn revoke_gateway(&self, gateway: &GatewayId) -> Result<(), StorageError> {
+        self.revoke_gateway_by(gateway, &Actor::hub()).await
+    }
+
+    /// [`revoke_gateway`](Self::revoke_gateway), audited as `actor`'s in the same transaction.
+    async fn revoke_gateway_by(
+        &self,
+        gateway: &GatewayId,
+        actor: &Actor,
+    ) -> Result<(), StorageError>;
 
     /// Stores a batch: for each store and item, version = max(previous + 1, creation time in ms) and one price change.
-    async fn create_price_batch(&self, batch: &PriceBatch) -> Result<BatchReceipt, StorageError>;
+    async fn create_price_batch(&self, batch: &PriceBatch) -> Result<BatchReceipt, StorageError> {
+        self.create_price_batch_by(batch, &Actor::hub()).await
+    }
+
+    /// [`create_price_batch`](Self::create_price_batch), audited as `actor`'s in the same
+    /// transaction.
+    async fn create_price_batch_by(
+        &self,
+        batch: &PriceBatch,
+        actor: &Actor,
+    ) -> Result<BatchReceipt, StorageError>;
 
     async fn batch_progress(&self, batch: &BatchId) -> Result<BatchProgress, StorageError>;
 
@@ -610,6 +649,18 @@ pub trait HubStorage: Send + Sync + fmt::Debug {
         id: &OrderId,
         reason: Option<&str>,
         now: UtcMillis,
+    ) -> Result<CancelReceipt, StorageError> {
+        self.cancel_order_by(id, reason, now, &Actor::hub()).await
+    }
+
+    /// [`cancel_order`](Self::cancel_order); a cancellation made now is audited as `actor`'s in
+    /// the same transaction.
+    async fn cancel_order_by(
+        &self,
+        id: &OrderId,
+        reason: Option<&str>,
+        now: UtcMillis,
+        actor: &Actor,
     ) -> Result<CancelReceipt, StorageError>;
 
     /// Expires up to `limit` open orders whose `expires_at` is more than `grace_ms` before
@@ -649,6 +700,102 @@ pub trait HubStorage: Send + Sync + fmt::Debug {
 
     /// Webhooks not delivered yet.
     async fn webhooks_pending(&self) -> Result<u64, StorageError>;
+
+    // ---- security: HQ tokens, audit log, enrolment, signed gateway requests ----
+
+    /// Stores a new HQ API token (only its hash) and audits it; the secret is in `token`.
+    async fn create_api_token(
+        &self,
+        token: &NewApiToken,
+        name: &str,
+        role: Role,
+        actor: &Actor,
+    ) -> Result<ApiTokenInfo, StorageError>;
+
+    /// Every HQ API token, oldest first (revoked ones too).
+    async fn list_api_tokens(&self) -> Result<Vec<ApiTokenInfo>, StorageError>;
+
+    /// Revokes a token (audited); it stops working on the next request. Revoking a revoked
+    /// token again changes nothing.
+    async fn revoke_api_token(&self, token_id: &str, actor: &Actor) -> Result<(), StorageError>;
+
+    /// The live token whose SHA-256 is `hash`, if any.
+    async fn api_token_by_hash(
+        &self,
+        hash: &[u8; 32],
+    ) -> Result<Option<ApiTokenInfo>, StorageError>;
+
+    /// Appends one entry to the audit log in its own transaction.
+    async fn append_audit(&self, entry: &AuditInput) -> Result<(), StorageError>;
+
+    /// Up to `limit` audit entries from seq `from` on, in seq order.
+    async fn audit_entries(&self, from: u64, limit: u32) -> Result<Vec<AuditEntry>, StorageError>;
+
+    /// Checks the whole audit log's hash chain.
+    async fn verify_audit(&self) -> Result<AuditVerification, StorageError> {
+        let mut prev = AUDIT_GENESIS;
+        let mut next = 1;
+        let mut entries = 0;
+        loop {
+            let page = self.audit_entries(next, 1_000).await?;
+            if page.is_empty() {
+                return Ok(AuditVerification {
+                    entries,
+                    broken: None,
+                });
+            }
+            match verify_chain(&page, prev, next) {
+                Ok(head) => prev = head,
+                Err(broken) => {
+                    let verified = page.iter().take_while(|e| e.seq < broken.0).count();
+                    return Ok(AuditVerification {
+                        entries: entries + verified as u64,
+                        broken: Some(broken),
+                    });
+                }
+            }
+            entries += page.len() as u64;
+            next += page.len() as u64;
+        }
+    }
+
+    /// Stores a new enrolment code (only its hash) for its store, audited.
+    async fn create_enrolment(
+        &self,
+        enrolment: &NewEnrolment,
+        actor: &Actor,
+    ) -> Result<(), StorageError>;
+
+    /// Redeems an enrolment code: creates the gateway with the public key and marks the code
+    /// used, audited, in one transaction. A wrong, used or expired code is refused and the
+    /// refusal audited.
+    async fn enrol(
+        &self,
+        attempt: &EnrolAttempt,
+    ) -> Result<Result<EnrolledGateway, EnrolRefusal>, StorageError>;
+
+    /// Refused enrolment attempts from `client` at or after `since` (the rate limit).
+    async fn enrol_refusals_since(
+        &self,
+        client: &str,
+        since: UtcMillis,
+    ) -> Result<u64, StorageError>;
+
+    /// The public key and store of an enrolled gateway.
+    async fn gateway_key(&self, gateway: &GatewayId) -> Result<Option<GatewayKey>, StorageError>;
+
+    /// Records a signed request's nonce until `expires_at`; false when the gateway used it
+    /// before (a replay). Forgets nonces that expired before `now`.
+    async fn remember_nonce(
+        &self,
+        gateway: &GatewayId,
+        nonce: &str,
+        expires_at: UtcMillis,
+        now: UtcMillis,
+    ) -> Result<bool, StorageError>;
+
+    /// Every gateway, by store then id.
+    async fn list_gateways(&self) -> Result<Vec<GatewayInfo>, StorageError>;
 }
 
 /// Opens (and migrates) the database at `url`: `sqlite://PATH` or `postgres://...`.

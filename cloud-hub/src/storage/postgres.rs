@@ -21,7 +21,6 @@ use deadpool_postgres::{
 };
 use tokio_postgres::{IsolationLevel, Row};
 
-use super::postgres_orders;
 use super::{
     AdjustmentReceipt, AuthenticatedGateway, Backend, BatchProgress, BatchReceipt,
     CompactionReport, FootfallQuery, FootfallRow, FootfallSums, FootfallTally, GatewayCredential,
@@ -32,11 +31,16 @@ use super::{
     redact_url, sale_delta_key, side_effect, split_upload, to_i64, to_u64, validate_upload,
     version_floor,
 };
+use super::{postgres_orders, postgres_security};
 use crate::changefeed::{ChangeFeed, ChangeSubscription, NOTIFY_CHANNEL, PgChangeListener};
 use crate::pickup::{
     CancelReceipt, NewOrder, OrderFilter, OrderReceipt, OrderSummary, OrderView, WebhookDelivery,
 };
 use crate::price_batch::{BatchStores, PriceBatch};
+use crate::security::{
+    Actor, ApiTokenInfo, AuditEntry, AuditInput, EnrolAttempt, EnrolRefusal, EnrolledGateway,
+    GatewayInfo, GatewayKey, NewApiToken, NewEnrolment, Role, action,
+};
 
 const SCHEMA: &str = include_str!("schema_postgres.sql");
 
@@ -137,7 +141,7 @@ async fn migrate(client: &mut Object) -> Result<(), StorageError> {
                 backfill_footfall(&tx).await?;
             }
             // 3 adds the pickup tables (created above, empty): a version 2 hub refused pickup
-            // events, so there is nothing to derive.
+            // events, so there is nothing to derive. 4 adds the security tables, empty too.
             tx.execute(
                 "INSERT INTO schema_version (version) VALUES ($1)",
                 &[&SCHEMA_VERSION],
@@ -324,7 +328,11 @@ impl HubStorage for PgStorage {
         load_stores(&self.client().await?).await
     }
 
-    async fn create_gateway(&self, store: &StoreId) -> Result<GatewayCredential, StorageError> {
+    async fn create_gateway_by(
+        &self,
+        store: &StoreId,
+        actor: &Actor,
+    ) -> Result<GatewayCredential, StorageError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         require_store(&tx, store).await?;
@@ -344,6 +352,17 @@ impl HubStorage for PgStorage {
                 )
                 .await?;
             if n == 1 {
+                postgres_security::append_audit(
+                    &tx,
+                    &AuditInput::new(
+                        actor,
+                        action::GATEWAY_ADDED,
+                        cred.gateway_id.as_str(),
+                        serde_json::json!({ "store": store.as_str() }),
+                    ),
+                    now(),
+                )
+                .await?;
                 tx.commit().await?;
                 return Ok(cred);
             }
@@ -380,10 +399,14 @@ impl HubStorage for PgStorage {
         })
     }
 
-    async fn revoke_gateway(&self, gateway: &GatewayId) -> Result<(), StorageError> {
-        let n = self
-            .client()
-            .await?
+    async fn revoke_gateway_by(
+        &self,
+        gateway: &GatewayId,
+        actor: &Actor,
+    ) -> Result<(), StorageError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let n = tx
             .execute(
                 "UPDATE gateways SET revoked_at = COALESCE(revoked_at, $2) WHERE gateway_id = $1",
                 &[&gateway.as_str(), &now().0],
@@ -392,10 +415,26 @@ impl HubStorage for PgStorage {
         if n == 0 {
             return Err(StorageError::UnknownGateway(gateway.clone()));
         }
+        postgres_security::append_audit(
+            &tx,
+            &AuditInput::new(
+                actor,
+                action::GATEWAY_REVOKED,
+                gateway.as_str(),
+                serde_json::json!({}),
+            ),
+            now(),
+        )
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 
-    async fn create_price_batch(&self, batch: &PriceBatch) -> Result<BatchReceipt, StorageError> {
+    async fn create_price_batch_by(
+        &self,
+        batch: &PriceBatch,
+        actor: &Actor,
+    ) -> Result<BatchReceipt, StorageError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         lock_changefeed(&tx).await?;
@@ -499,6 +538,21 @@ impl HubStorage for PgStorage {
         }
         let store_ids: Vec<&str> = stores.iter().map(|s| s.id.as_str()).collect();
         notify_stores(&tx, &store_ids).await?;
+        postgres_security::append_audit(
+            &tx,
+            &AuditInput::new(
+                actor,
+                action::PRICE_BATCH,
+                batch_id.as_str(),
+                serde_json::json!({
+                    "items": items.len(),
+                    "stores": stores.len(),
+                    "effective_at": effective_at.0,
+                }),
+            ),
+            created_at,
+        )
+        .await?;
         tx.commit().await?;
         for store in &stores {
             self.feed.wake(&store.id);
@@ -990,15 +1044,29 @@ impl HubStorage for PgStorage {
         postgres_orders::list_orders(&self.client().await?, filter).await
     }
 
-    async fn cancel_order(
+    async fn cancel_order_by(
         &self,
         id: &OrderId,
         reason: Option<&str>,
         now: UtcMillis,
+        actor: &Actor,
     ) -> Result<CancelReceipt, StorageError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let (receipt, woken) = postgres_orders::cancel_order(&tx, id, reason, now).await?;
+        if let Some(store) = &woken {
+            postgres_security::append_audit(
+                &tx,
+                &AuditInput::new(
+                    actor,
+                    action::ORDER_CANCELLED,
+                    id.as_str(),
+                    serde_json::json!({ "store": store.as_str(), "reason": reason }),
+                ),
+                now,
+            )
+            .await?;
+        }
         tx.commit().await?;
         if let Some(store) = woken {
             self.feed.wake(&store);
@@ -1057,6 +1125,103 @@ impl HubStorage for PgStorage {
 
     async fn webhooks_pending(&self) -> Result<u64, StorageError> {
         postgres_orders::webhooks_pending(&self.client().await?).await
+    }
+
+    async fn create_api_token(
+        &self,
+        token: &NewApiToken,
+        name: &str,
+        role: Role,
+        actor: &Actor,
+    ) -> Result<ApiTokenInfo, StorageError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let info = postgres_security::create_api_token(&tx, token, name, role, actor).await?;
+        tx.commit().await?;
+        Ok(info)
+    }
+
+    async fn list_api_tokens(&self) -> Result<Vec<ApiTokenInfo>, StorageError> {
+        postgres_security::list_api_tokens(&self.client().await?).await
+    }
+
+    async fn revoke_api_token(&self, token_id: &str, actor: &Actor) -> Result<(), StorageError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        if postgres_security::revoke_api_token(&tx, token_id, actor).await? {
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    async fn api_token_by_hash(
+        &self,
+        hash: &[u8; 32],
+    ) -> Result<Option<ApiTokenInfo>, StorageError> {
+        postgres_security::api_token_by_hash(&self.client().await?, hash).await
+    }
+
+    async fn append_audit(&self, entry: &AuditInput) -> Result<(), StorageError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        postgres_security::append_audit(&tx, entry, now()).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn audit_entries(&self, from: u64, limit: u32) -> Result<Vec<AuditEntry>, StorageError> {
+        postgres_security::audit_entries(&self.client().await?, from, limit).await
+    }
+
+    async fn create_enrolment(
+        &self,
+        enrolment: &NewEnrolment,
+        actor: &Actor,
+    ) -> Result<(), StorageError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        postgres_security::create_enrolment(&tx, enrolment, actor).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn enrol(
+        &self,
+        attempt: &EnrolAttempt,
+    ) -> Result<Result<EnrolledGateway, EnrolRefusal>, StorageError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let outcome = postgres_security::enrol(&tx, attempt).await?;
+        // A refusal commits too: its audit entry.
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn enrol_refusals_since(
+        &self,
+        client: &str,
+        since: UtcMillis,
+    ) -> Result<u64, StorageError> {
+        postgres_security::enrol_refusals_since(&self.client().await?, client, since).await
+    }
+
+    async fn gateway_key(&self, gateway: &GatewayId) -> Result<Option<GatewayKey>, StorageError> {
+        postgres_security::gateway_key(&self.client().await?, gateway).await
+    }
+
+    async fn remember_nonce(
+        &self,
+        gateway: &GatewayId,
+        nonce: &str,
+        expires_at: UtcMillis,
+        now: UtcMillis,
+    ) -> Result<bool, StorageError> {
+        postgres_security::remember_nonce(&self.client().await?, gateway, nonce, expires_at, now)
+            .await
+    }
+
+    async fn list_gateways(&self) -> Result<Vec<GatewayInfo>, StorageError> {
+        postgres_security::list_gateways(&self.client().await?).await
     }
 }
 

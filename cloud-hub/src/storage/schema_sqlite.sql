@@ -262,3 +262,64 @@ CREATE TABLE IF NOT EXISTS webhook_outbox (
 CREATE INDEX IF NOT EXISTS webhooks_due ON webhook_outbox (next_attempt_at)
     WHERE delivered_at IS NULL;
 CREATE INDEX IF NOT EXISTS webhooks_by_order ON webhook_outbox (order_id, seq);
+
+-- ---- security (schema 4): HQ API tokens, the audit log, enrolment, signed gateway requests ----
+
+-- HQ API tokens: only SHA-256 of the (256-bit random) token is kept.
+CREATE TABLE IF NOT EXISTS api_tokens (
+    token_id     TEXT PRIMARY KEY,
+    name         TEXT NOT NULL,
+    role         TEXT NOT NULL CHECK (role IN ('pricing', 'orders', 'admin')),
+    token_sha256 BLOB NOT NULL UNIQUE,
+    created_at   INTEGER NOT NULL,
+    revoked_at   INTEGER
+);
+
+-- Append-only and hash-chained: hash = sha256(previous hash || canonical content).
+CREATE TABLE IF NOT EXISTS audit_log (
+    seq     INTEGER PRIMARY KEY,
+    at      INTEGER NOT NULL,
+    actor   TEXT NOT NULL,
+    action  TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    detail  TEXT NOT NULL,
+    hash    BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_by_action ON audit_log (action, subject, at);
+CREATE TRIGGER IF NOT EXISTS audit_log_no_update BEFORE UPDATE ON audit_log
+BEGIN
+    SELECT RAISE(ABORT, 'audit_log is append-only');
+END;
+CREATE TRIGGER IF NOT EXISTS audit_log_no_delete BEFORE DELETE ON audit_log
+BEGIN
+    SELECT RAISE(ABORT, 'audit_log is append-only');
+END;
+
+-- One-time enrolment codes: only SHA-256 of the code is kept.
+CREATE TABLE IF NOT EXISTS enrolment_codes (
+    code_id     TEXT PRIMARY KEY,
+    code_sha256 BLOB NOT NULL UNIQUE,
+    store_id    TEXT NOT NULL REFERENCES stores (store_id),
+    created_at  INTEGER NOT NULL,
+    expires_at  INTEGER NOT NULL,
+    used_at     INTEGER,
+    gateway_id  TEXT
+);
+
+-- The public key of an enrolled gateway (its bearer secret is random and was never shown).
+CREATE TABLE IF NOT EXISTS gateway_keys (
+    gateway_id  TEXT PRIMARY KEY REFERENCES gateways (gateway_id),
+    public_key  TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    code_id     TEXT NOT NULL,
+    enrolled_at INTEGER NOT NULL
+);
+
+-- Nonces of signed requests, kept until their timestamp leaves the accepted window.
+CREATE TABLE IF NOT EXISTS gateway_nonces (
+    gateway_id TEXT NOT NULL,
+    nonce      TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (gateway_id, nonce)
+);
+CREATE INDEX IF NOT EXISTS gateway_nonces_expiry ON gateway_nonces (expires_at);

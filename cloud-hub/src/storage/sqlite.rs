@@ -18,7 +18,6 @@ use rusqlite::{
 };
 use tokio::sync::Semaphore;
 
-use super::sqlite_orders;
 use super::{
     AdjustmentReceipt, AuthenticatedGateway, Backend, BatchProgress, BatchReceipt,
     CompactionReport, FootfallQuery, FootfallRow, FootfallSums, FootfallTally, GatewayCredential,
@@ -28,11 +27,16 @@ use super::{
     merge_footfall, new_batch_id, now, page_of, parse_currency, parse_gtin, parse_store_id,
     sale_delta_key, side_effect, split_upload, to_i64, to_u64, validate_upload, version_floor,
 };
+use super::{sqlite_orders, sqlite_security};
 use crate::changefeed::{ChangeFeed, ChangeSubscription};
 use crate::pickup::{
     CancelReceipt, NewOrder, OrderFilter, OrderReceipt, OrderSummary, OrderView, WebhookDelivery,
 };
 use crate::price_batch::PriceBatch;
+use crate::security::{
+    Actor, ApiTokenInfo, AuditEntry, AuditInput, EnrolAttempt, EnrolRefusal, EnrolledGateway,
+    GatewayInfo, GatewayKey, NewApiToken, NewEnrolment, Role, action,
+};
 
 const SCHEMA: &str = include_str!("schema_sqlite.sql");
 /// Most read connections open at once.
@@ -182,7 +186,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
                 backfill_footfall(&tx)?;
             }
             // 3 adds the pickup tables (created above, empty): a version 2 hub refused pickup
-            // events, so there is nothing to derive.
+            // events, so there is nothing to derive. 4 adds the security tables, empty too.
             tx.execute(
                 "INSERT INTO schema_version (version) VALUES (?1)",
                 [SCHEMA_VERSION],
@@ -327,6 +331,7 @@ pub(super) fn require_store(conn: &Connection, id: &StoreId) -> Result<Store, St
 fn insert_price_batch(
     conn: &mut Connection,
     batch: &PriceBatch,
+    actor: &Actor,
 ) -> Result<BatchReceipt, StorageError> {
     let tx = immediate(conn)?;
     let stores = match batch.stores() {
@@ -397,6 +402,20 @@ fn insert_price_batch(
             }
         }
     }
+    sqlite_security::append_audit(
+        &tx,
+        &AuditInput::new(
+            actor,
+            action::PRICE_BATCH,
+            batch_id.as_str(),
+            serde_json::json!({
+                "items": items,
+                "stores": stores.len(),
+                "effective_at": effective_at.0,
+            }),
+        ),
+        created_at,
+    )?;
     tx.commit()?;
     Ok(BatchReceipt {
         batch_id,
@@ -820,8 +839,13 @@ impl HubStorage for SqliteStorage {
         self.read(|conn| load_stores(conn)).await
     }
 
-    async fn create_gateway(&self, store: &StoreId) -> Result<GatewayCredential, StorageError> {
+    async fn create_gateway_by(
+        &self,
+        store: &StoreId,
+        actor: &Actor,
+    ) -> Result<GatewayCredential, StorageError> {
         let store = store.clone();
+        let actor = actor.clone();
         self.write(move |conn| {
             let tx = immediate(conn)?;
             require_store(&tx, &store)?;
@@ -839,6 +863,16 @@ impl HubStorage for SqliteStorage {
                     ],
                 )?;
                 if n == 1 {
+                    sqlite_security::append_audit(
+                        &tx,
+                        &AuditInput::new(
+                            &actor,
+                            action::GATEWAY_ADDED,
+                            cred.gateway_id.as_str(),
+                            serde_json::json!({ "store": store.as_str() }),
+                        ),
+                        now(),
+                    )?;
                     tx.commit()?;
                     return Ok(cred);
                 }
@@ -876,8 +910,13 @@ impl HubStorage for SqliteStorage {
         .await
     }
 
-    async fn revoke_gateway(&self, gateway: &GatewayId) -> Result<(), StorageError> {
+    async fn revoke_gateway_by(
+        &self,
+        gateway: &GatewayId,
+        actor: &Actor,
+    ) -> Result<(), StorageError> {
         let gateway = gateway.clone();
+        let actor = actor.clone();
         self.write(move |conn| {
             let tx = immediate(conn)?;
             let n = tx.execute(
@@ -887,16 +926,31 @@ impl HubStorage for SqliteStorage {
             if n == 0 {
                 return Err(StorageError::UnknownGateway(gateway));
             }
+            sqlite_security::append_audit(
+                &tx,
+                &AuditInput::new(
+                    &actor,
+                    action::GATEWAY_REVOKED,
+                    gateway.as_str(),
+                    serde_json::json!({}),
+                ),
+                now(),
+            )?;
             tx.commit()?;
             Ok(())
         })
         .await
     }
 
-    async fn create_price_batch(&self, batch: &PriceBatch) -> Result<BatchReceipt, StorageError> {
+    async fn create_price_batch_by(
+        &self,
+        batch: &PriceBatch,
+        actor: &Actor,
+    ) -> Result<BatchReceipt, StorageError> {
         let batch = batch.clone();
+        let actor = actor.clone();
         let receipt = self
-            .write(move |conn| insert_price_batch(conn, &batch))
+            .write(move |conn| insert_price_batch(conn, &batch, &actor))
             .await?;
         for store in &receipt.stores {
             self.feed.wake(store);
@@ -1064,16 +1118,20 @@ impl HubStorage for SqliteStorage {
             .await
     }
 
-    async fn cancel_order(
+    async fn cancel_order_by(
         &self,
         id: &OrderId,
         reason: Option<&str>,
         now: UtcMillis,
+        actor: &Actor,
     ) -> Result<CancelReceipt, StorageError> {
         let id = id.clone();
         let reason = reason.map(str::to_owned);
+        let actor = actor.clone();
         let (receipt, woken) = self
-            .write(move |conn| sqlite_orders::cancel_order(conn, &id, reason.as_deref(), now))
+            .write(move |conn| {
+                sqlite_orders::cancel_order(conn, &id, reason.as_deref(), now, &actor)
+            })
             .await?;
         if let Some(store) = woken {
             self.feed.wake(&store);
@@ -1137,5 +1195,100 @@ impl HubStorage for SqliteStorage {
 
     async fn webhooks_pending(&self) -> Result<u64, StorageError> {
         self.read(sqlite_orders::webhooks_pending).await
+    }
+
+    async fn create_api_token(
+        &self,
+        token: &NewApiToken,
+        name: &str,
+        role: Role,
+        actor: &Actor,
+    ) -> Result<ApiTokenInfo, StorageError> {
+        let (token, name, actor) = (token.clone(), name.to_owned(), actor.clone());
+        self.write(move |conn| sqlite_security::create_api_token(conn, &token, &name, role, &actor))
+            .await
+    }
+
+    async fn list_api_tokens(&self) -> Result<Vec<ApiTokenInfo>, StorageError> {
+        self.read(sqlite_security::list_api_tokens).await
+    }
+
+    async fn revoke_api_token(&self, token_id: &str, actor: &Actor) -> Result<(), StorageError> {
+        let (id, actor) = (token_id.to_owned(), actor.clone());
+        self.write(move |conn| sqlite_security::revoke_api_token(conn, &id, &actor))
+            .await
+    }
+
+    async fn api_token_by_hash(
+        &self,
+        hash: &[u8; 32],
+    ) -> Result<Option<ApiTokenInfo>, StorageError> {
+        let hash = *hash;
+        self.read(move |conn| sqlite_security::api_token_by_hash(conn, &hash))
+            .await
+    }
+
+    async fn append_audit(&self, entry: &AuditInput) -> Result<(), StorageError> {
+        let entry = entry.clone();
+        self.write(move |conn| sqlite_security::append_audit_tx(conn, &entry))
+            .await
+    }
+
+    async fn audit_entries(&self, from: u64, limit: u32) -> Result<Vec<AuditEntry>, StorageError> {
+        self.read(move |conn| sqlite_security::audit_entries(conn, from, limit))
+            .await
+    }
+
+    async fn create_enrolment(
+        &self,
+        enrolment: &NewEnrolment,
+        actor: &Actor,
+    ) -> Result<(), StorageError> {
+        let (e, actor) = (enrolment.clone(), actor.clone());
+        self.write(move |conn| sqlite_security::create_enrolment(conn, &e, &actor))
+            .await
+    }
+
+    async fn enrol(
+        &self,
+        attempt: &EnrolAttempt,
+    ) -> Result<Result<EnrolledGateway, EnrolRefusal>, StorageError> {
+        let a = attempt.clone();
+        self.write(move |conn| sqlite_security::enrol(conn, &a))
+            .await
+    }
+
+    async fn enrol_refusals_since(
+        &self,
+        client: &str,
+        since: UtcMillis,
+    ) -> Result<u64, StorageError> {
+        let client = client.to_owned();
+        self.read(move |conn| sqlite_security::enrol_refusals_since(conn, &client, since))
+            .await
+    }
+
+    async fn gateway_key(&self, gateway: &GatewayId) -> Result<Option<GatewayKey>, StorageError> {
+        let gateway = gateway.clone();
+        self.read(move |conn| sqlite_security::gateway_key(conn, &gateway))
+            .await
+    }
+
+    async fn remember_nonce(
+        &self,
+        gateway: &GatewayId,
+        nonce: &str,
+        expires_at: UtcMillis,
+        now: UtcMillis,
+    ) -> Result<bool, StorageError> {
+        let (gateway, nonce) = (gateway.clone(), nonce.to_owned());
+        self.write(move |conn| {
+            sqlite_security::remember_nonce(conn, &gateway, &nonce, expires_at, now)
+        })
+        .await
+    }
+
+    async fn list_gateways(&self) -> Result<Vec<GatewayInfo>, StorageError> {
+        self.read(sqlite_security::list_gateways).await
     }
 }

@@ -593,6 +593,7 @@ pub(super) fn cancel_order(
     id: &OrderId,
     reason: Option<&str>,
     now: UtcMillis,
+    actor: &crate::security::Actor,
 ) -> Result<(CancelReceipt, Option<StoreId>), StorageError> {
     let tx = immediate(conn)?;
     let Some(mut state) = load_state(&tx, id)? else {
@@ -629,6 +630,16 @@ pub(super) fn cancel_order(
     state.cancel_id = Some(cancel_id);
     state.cancel_requested_at = Some(now);
     apply_effect(&tx, &state, &on_hq_cancel(now, reason), now)?;
+    super::sqlite_security::append_audit(
+        &tx,
+        &crate::security::AuditInput::new(
+            actor,
+            crate::security::action::ORDER_CANCELLED,
+            id.as_str(),
+            serde_json::json!({ "store": state.store.as_str(), "reason": reason }),
+        ),
+        now,
+    )?;
     tx.commit()?;
     Ok((
         CancelReceipt {

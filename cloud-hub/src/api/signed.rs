@@ -1,0 +1,110 @@
+//! Requests signed by an enrolled gateway's key (see `aisle_protocol::auth`).
+//!
+//! A middleware, so the body is read once: a request carrying [`SIGNATURE_HEADER`] is checked
+//! here (clock, gateway key, signature over the exact body bytes, nonce) before any handler
+//! runs, and passed on with its body and a [`SignedGateway`] in its extensions, which
+//! [`Caller`](super::Caller) trusts. Requests without the header pass untouched (bearer
+//! credentials, as before). Checks run cheapest first; the nonce is recorded only for a valid
+//! signature, so nobody but the gateway can fill its nonce table.
+use aisle_protocol::auth::{
+    GATEWAY_HEADER, MAX_CLOCK_SKEW_MS, NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER,
+    check_clock, check_nonce, parse_public_key_hex, parse_timestamp, verify_request,
+};
+use aisle_protocol::sync::MAX_BODY_BYTES;
+use aisle_protocol::{GatewayId, UtcMillis};
+use axum::extract::{Request, State};
+use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::{ApiError, AppState, SignedGateway};
+use crate::storage::AuthenticatedGateway;
+
+/// The middleware: verifies signed requests, leaves the others alone.
+pub async fn verify(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if !req.headers().contains_key(SIGNATURE_HEADER) {
+        return next.run(req).await;
+    }
+    match check(&state, req).await {
+        Ok(req) => next.run(req).await,
+        Err(e) => {
+            state.metrics.signed_refused.inc();
+            e.into_response()
+        }
+    }
+}
+
+fn header<'a>(parts: &'a Parts, name: &'static str) -> Result<&'a str, ApiError> {
+    parts
+        .headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            ApiError::Unauthorized(format!(
+                "a signed request needs {GATEWAY_HEADER}, {TIMESTAMP_HEADER}, {NONCE_HEADER} and {SIGNATURE_HEADER}; {name} is missing or not text"
+            ))
+        })
+}
+
+async fn check(state: &AppState, req: Request) -> Result<Request, ApiError> {
+    let (mut parts, body) = req.into_parts();
+    let unauthorized = |e: aisle_protocol::auth::AuthError| ApiError::Unauthorized(e.to_string());
+    let gateway = GatewayId::parse(header(&parts, GATEWAY_HEADER)?)
+        .map_err(|_| ApiError::Unauthorized(format!("{GATEWAY_HEADER} is not a gateway id")))?;
+    let timestamp = parse_timestamp(header(&parts, TIMESTAMP_HEADER)?).map_err(unauthorized)?;
+    let nonce = header(&parts, NONCE_HEADER)?.to_owned();
+    check_nonce(&nonce).map_err(unauthorized)?;
+    let signature = header(&parts, SIGNATURE_HEADER)?.to_owned();
+    let now = UtcMillis::now();
+    check_clock(timestamp, now).map_err(|e| ApiError::ClockSkew(e.to_string()))?;
+    let key = state.storage.gateway_key(&gateway).await?.ok_or_else(|| {
+        ApiError::Unauthorized(format!(
+            "gateway {gateway} is not enrolled with a key; enrol it or use its credential"
+        ))
+    })?;
+    if key.revoked {
+        return Err(ApiError::Unauthorized(format!(
+            "gateway {gateway} was revoked; enrol it again"
+        )));
+    }
+    let public = parse_public_key_hex(&key.public_key).map_err(|e| {
+        tracing::error!(%gateway, error = %e, "stored gateway key does not parse");
+        ApiError::Internal
+    })?;
+    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| {
+            ApiError::PayloadTooLarge(format!(
+                "the request body could not be read whole (at most {MAX_BODY_BYTES} bytes)"
+            ))
+        })?;
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path(), |p| p.as_str());
+    verify_request(
+        &public,
+        parts.method.as_str(),
+        path_and_query,
+        timestamp,
+        &nonce,
+        &signature,
+        &bytes,
+    )
+    .map_err(unauthorized)?;
+    let expires_at = timestamp.saturating_add_ms(MAX_CLOCK_SKEW_MS);
+    if !state
+        .storage
+        .remember_nonce(&gateway, &nonce, expires_at, now)
+        .await?
+    {
+        return Err(ApiError::Replayed(format!(
+            "replayed: gateway {gateway} already sent a request with this nonce; sign each request with a fresh nonce"
+        )));
+    }
+    parts.extensions.insert(SignedGateway(AuthenticatedGateway {
+        gateway_id: gateway,
+        store: key.store,
+    }));
+    Ok(Request::from_parts(parts, axum::body::Body::from(bytes)))
+}
