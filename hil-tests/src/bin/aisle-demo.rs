@@ -1,8 +1,9 @@
 //! `scripts/demo`: a whole virtual store on embedded defaults (hub on SQLite, one gateway agent,
-//! the store's WAN behind a switchable link, two simulated entrance cameras), and `--smoke`, a
-//! scripted tour that checks each step.
+//! the store's WAN behind a switchable link, two simulated entrance cameras, click-and-collect
+//! with one staff member and HQ's order system as a webhook receiver), and `--smoke`, a scripted
+//! tour that checks each step.
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aisle_hil::camera_sim::{
     CameraProfile, CameraSim, Command, DEFAULT_TOPIC_PREFIX, SimConfig, Transport, Vendor, now_ms,
@@ -10,6 +11,7 @@ use aisle_hil::camera_sim::{
 use aisle_hil::footfall::{self, CameraEntry, FootfallSection, rfc3339};
 use aisle_hil::harness::{AgentProcess, AgentSetup, HQ_TOKEN, HubProcess, StoreApi, gtin};
 use aisle_hil::mqtt;
+use aisle_hil::pickup::{self, HqOrders, PickupCounter, WebhookReceiver};
 use aisle_hil::proxy::FaultProxy;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
@@ -38,6 +40,11 @@ const FOOTFALL_WAIT: Duration = Duration::from_secs(150);
 const CAMERA_CLOCK_MS: i64 = -14 * 60_000;
 const NORTH: &str = "entrance-north";
 const SOUTH: &str = "entrance-south";
+/// The demo store's staff member for the pickup page, and her PIN.
+const STAFF: &str = "Ana";
+const STAFF_PIN: &str = "4711";
+/// HQ's webhook secret (`AISLE_WEBHOOK_SECRET` of the demo hub).
+const WEBHOOK_SECRET: &str = "demo-webhook-secret-change-me";
 
 struct Demo {
     hub: HubProcess,
@@ -51,6 +58,8 @@ struct Demo {
     south: CameraSim,
     broker: String,
     topic_prefix: String,
+    /// HQ's order system: receives the pickup webhooks.
+    oms: WebhookReceiver,
 }
 
 /// The two entrance cameras: nobody walks past unless told in the smoke tour; a steady trickle
@@ -92,7 +101,13 @@ async fn start(dir: &PathBuf, smoke: bool) -> Result<Demo> {
     std::fs::create_dir_all(dir)?;
     let dir = dir.canonicalize()?;
     let db = format!("sqlite://{}", dir.join("hub.db").display());
-    let hub = HubProcess::start(&db, &dir).await?;
+    let hub = HubProcess::start_with(
+        &db,
+        &dir,
+        vec!["--webhook-retry-ms".into(), "200".into()],
+        vec![("AISLE_WEBHOOK_SECRET".into(), WEBHOOK_SECRET.into())],
+    )
+    .await?;
     hub.cli(&["store", "add", STORE, "--name", "Harbour Road"])?;
     let credential = hub.cli(&["gateway", "add", "--store", STORE])?;
     let proxy = FaultProxy::start(hub.addr).await?;
@@ -118,7 +133,11 @@ async fn start(dir: &PathBuf, smoke: bool) -> Result<Demo> {
         credential,
         data_dir: dir.join("gateway"),
         clock_offset_ms: 0,
-        extra_config: section.toml(),
+        extra_config: format!(
+            "{}\n{}",
+            section.toml(),
+            pickup::pickup_section(&[(STAFF, STAFF_PIN)])?
+        ),
     })
     .await?;
     south.transport = Transport::Http {
@@ -128,6 +147,7 @@ async fn start(dir: &PathBuf, smoke: bool) -> Result<Demo> {
     let south = CameraSim::start(south)?;
     let hq = aisle_hil::harness::HqApi::new(&hub.url());
     let store = agent.api();
+    let oms = WebhookReceiver::start().await?;
     Ok(Demo {
         hub,
         proxy,
@@ -138,6 +158,7 @@ async fn start(dir: &PathBuf, smoke: bool) -> Result<Demo> {
         south,
         broker,
         topic_prefix,
+        oms,
     })
 }
 
@@ -201,7 +222,136 @@ fn ok(step: &str) {
     println!("  ok   {step}");
 }
 
-async fn smoke(d: &Demo) -> Result<()> {
+/// Polls `check` every 5 ms (finer than the harness's waits: these are timed steps).
+async fn poll<T, F, Fut>(what: &str, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if start.elapsed() > WAIT {
+            bail!("timed out after {WAIT:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The click-and-collect part of the tour: HQ places an order, the store receives it, staff
+/// pick it and put it ready (HQ's order system gets the signed `ready` webhook), the hub goes
+/// down, the shopper collects at the counter anyway, the hub comes back and HQ sees the order
+/// collected exactly once. Prints the time from order placed to the `ready` webhook, staff time
+/// excluded.
+async fn click_and_collect(d: &mut Demo) -> Result<()> {
+    let hq = HqOrders::new(&d.hub.url());
+    hq.stock_catalogue(&[STORE], &[gtin(2), gtin(3)], 24)
+        .await?;
+    ok("HQ stocked the click-and-collect items");
+    let counter = PickupCounter::sign_in(&d.agent.url(), STAFF_PIN).await?;
+    ok(&format!(
+        "{STAFF} signed in at the store's pickup page with her PIN"
+    ));
+    let placing = Instant::now();
+    let placed = hq
+        .place(&pickup::order(
+            "web-demo-1",
+            STORE,
+            &[(&gtin(3), 1), (&gtin(2), 2)],
+            pickup::now_ms() + 2 * 3_600_000,
+            Some(&d.oms.url()),
+        ))
+        .await?;
+    ok("HQ placed order web-demo-1");
+    poll("the store to receive web-demo-1", || async {
+        let (status, o) = counter.order("web-demo-1").await.ok()?;
+        (status == 200 && o["status"] == "received").then_some(())
+    })
+    .await?;
+    let to_store = placing.elapsed();
+    ok(&format!(
+        "the store received it ({} ms after HQ placed it)",
+        to_store.as_millis()
+    ));
+    let (status, picking) = counter.pick("web-demo-1").await?;
+    if status != 200 || picking["picking_by"] != STAFF {
+        bail!("pick refused ({status}): {picking}");
+    }
+    let marking = Instant::now();
+    let (status, ready) = counter.ready("web-demo-1", "Pickup shelf B3", &[]).await?;
+    if status != 200 || ready["status"] != "ready" {
+        bail!("ready refused ({status}): {ready}");
+    }
+    let hook = d.oms.wait("web-demo-1", "ready", WAIT).await?;
+    let to_webhook = hook.received.saturating_duration_since(marking);
+    if !hook.signed_with(WEBHOOK_SECRET) {
+        bail!("the ready webhook is not signed with the hub's secret: {hook:?}");
+    }
+    ok(&format!(
+        "picked and ready at Pickup shelf B3; HQ's order system got the signed ready webhook {} ms after staff marked it",
+        to_webhook.as_millis()
+    ));
+
+    d.proxy.link_down();
+    d.hub.kill();
+    ok("the hub is down");
+    let (status, handed) = counter
+        .redeem_qr(
+            placed["token"]["qr"].as_str().unwrap_or_default(),
+            "counter-1",
+        )
+        .await?;
+    if status != 200 || handed["hand_over"] != true {
+        bail!("the offline redeem was refused ({status}): {handed}");
+    }
+    ok("the shopper showed the QR code at counter-1: hand over (the hub is still down)");
+    let (status, again) = counter
+        .redeem_code(
+            placed["token"]["code"].as_str().unwrap_or_default(),
+            "counter-2",
+        )
+        .await?;
+    if status != 409 || again["error"] != "already_collected" {
+        bail!("a second redeem should be refused as already collected ({status}): {again}");
+    }
+    ok(&format!(
+        "the typed code at counter-2 is refused: {}",
+        again["message"].as_str().unwrap_or("already collected")
+    ));
+
+    d.hub.restart().await?;
+    d.proxy.set_upstream(d.hub.addr);
+    d.proxy.link_up();
+    d.hq = aisle_hil::harness::HqApi::new(&d.hub.url());
+    let hq = HqOrders::new(&d.hub.url());
+    ok("the hub is back");
+    let done = hq.wait_status("web-demo-1", "collected", WAIT).await?;
+    d.store.wait_drained(WAIT).await?;
+    let done = hq.order("web-demo-1").await.unwrap_or(done);
+    let collected = pickup::hq_history_count(&done, "collected");
+    if done["status"] != "collected" || collected != 1 {
+        bail!("HQ should show web-demo-1 collected exactly once: {done}");
+    }
+    let hook = d.oms.wait("web-demo-1", "collected", WAIT).await?;
+    if !hook.signed_with(WEBHOOK_SECRET) {
+        bail!("the collected webhook is not signed with the hub's secret: {hook:?}");
+    }
+    ok(&format!(
+        "HQ shows web-demo-1 collected exactly once ({}), and its order system got the collected webhook",
+        pickup::hq_history(&done).join(" → ")
+    ));
+    println!(
+        "  click-and-collect: order placed → ready webhook at HQ's order system in {} ms, staff time excluded ({} ms placed → at the store, {} ms marked ready → webhook)",
+        (to_store + to_webhook).as_millis(),
+        to_store.as_millis(),
+        to_webhook.as_millis()
+    );
+    Ok(())
+}
+
+async fn smoke(d: &mut Demo) -> Result<()> {
     println!(
         "Smoke tour of a virtual store (hub {}, gateway {})",
         d.hub.url(),
@@ -319,6 +469,7 @@ async fn smoke(d: &Demo) -> Result<()> {
         "HQ's footfall chart is served ({} bytes of SVG)",
         body.len()
     ));
+    click_and_collect(d).await?;
     d.agent.verify_ledger()?;
     ok("the gateway ledger verifies (hash chain and replayed state)");
     println!("smoke: all steps passed");
@@ -356,13 +507,26 @@ async fn camera_command(d: &Demo, line: &str) -> Result<()> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let demo = start(&args.dir, args.smoke).await?;
+    let mut demo = start(&args.dir, args.smoke).await?;
     if args.smoke {
-        let result = smoke(&demo).await;
+        let result = smoke(&mut demo).await;
         stop_cameras(demo, true).await?;
         return result;
     }
     demo.hq.post_batch(&catalogue()).await?;
+    // One click-and-collect order waiting for staff, so the pickup page has something to show.
+    let hq = HqOrders::new(&demo.hub.url());
+    hq.stock_catalogue(&[STORE], &[gtin(2), gtin(3)], 24)
+        .await?;
+    let placed = hq
+        .place(&pickup::order(
+            "web-demo-1",
+            STORE,
+            &[(&gtin(3), 1), (&gtin(2), 2)],
+            pickup::now_ms() + 4 * 3_600_000,
+            Some(&demo.oms.url()),
+        ))
+        .await?;
     println!(
         "Aisle virtual store is running (data in {}).\n\n\
          HQ hub        {hub}  (token: {HQ_TOKEN})\n\
@@ -382,6 +546,11 @@ async fn main() -> Result<()> {
          curl {agent}/v1/cameras\n  \
          curl -H 'authorization: Bearer {HQ_TOKEN}' '{hub}/v1/stores/S001/footfall?interval=15m'\n  \
          curl -H 'authorization: Bearer {HQ_TOKEN}' {hub}/v1/stores/S001/footfall.svg > footfall.svg\n\n\
+         Click-and-collect (HQ placed order web-demo-1; webhooks go to {oms}, printed here):\n  \
+         Staff page    {agent}/pickup   (staff {STAFF}, PIN {STAFF_PIN})\n  \
+         The shopper's QR text   {qr}\n  \
+         The shopper's code      {code}\n  \
+         curl -H 'authorization: Bearer {HQ_TOKEN}' {hub}/v1/orders/web-demo-1\n\n\
          Type camera commands here: north walk 5 | south walk 3 | north silence 30 | south reset |\n\
          north dup | south skew 60000\n\n\
          Press Ctrl-C to stop.",
@@ -391,11 +560,30 @@ async fn main() -> Result<()> {
         g1 = gtin(1),
         broker = demo.broker,
         prefix = demo.topic_prefix,
+        oms = demo.oms.url(),
+        qr = placed["token"]["qr"].as_str().unwrap_or_default(),
+        code = placed["token"]["code"].as_str().unwrap_or_default(),
     );
     let mut lines = stdin_lines();
     let mut stdin_open = true;
+    let mut webhooks_shown = 0;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
+            _ = tick.tick() => {
+                let got = demo.oms.deliveries();
+                for hook in got.iter().skip(webhooks_shown) {
+                    let v = hook.json();
+                    println!(
+                        "webhook: {} {} (event {}, signature {})",
+                        v["type"].as_str().unwrap_or("?"),
+                        v["order_id"].as_str().unwrap_or("?"),
+                        hook.event_id().unwrap_or("?"),
+                        if hook.signed_with(WEBHOOK_SECRET) { "valid" } else { "INVALID" }
+                    );
+                }
+                webhooks_shown = got.len();
+            }
             line = lines.recv(), if stdin_open => match line {
                 Some(line) if line.trim().is_empty() => {}
                 Some(line) => match camera_command(&demo, &line).await {
