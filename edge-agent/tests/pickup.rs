@@ -1151,3 +1151,245 @@ async fn pickup_routes_answer_401_without_a_session() {
     );
     s.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_arrive_from_the_hub_and_pickup_events_go_up() {
+    let (hub, url) = common::hub::start().await;
+    let now = UtcMillis::now().0;
+    let code = FallbackCode::from_bits([1, 2, 3, 4, 5]);
+    let order = PickupOrder {
+        order_id: OrderId::parse("web-e2e-1").unwrap(),
+        lines: vec![PickupOrderLine {
+            gtin: gtin(1),
+            qty: 2,
+            name: "Oolong tea 500ml".into(),
+        }],
+        placed_at: UtcMillis(now - HOUR),
+        pickup_by: UtcMillis(now + HOUR),
+        expires_at: UtcMillis(now + 24 * HOUR),
+        code_digest: code_digest(&store(), &code),
+        key_id: 1,
+    };
+    hub.push_change(ChangeBody::PickupKey(PickupKey::of(
+        1,
+        &hub_key().verifying_key(),
+    )));
+    hub.push_change(stock(gtin(1), 5));
+    hub.push_change(ChangeBody::PickupOrder(order.clone()));
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.hub_url = url;
+    cfg.sync.long_poll_ms = 5_000;
+    let agent = Agent::start(cfg, Arc::new(aisle_agent::clock::SystemClock))
+        .await
+        .unwrap();
+    let base = format!("http://{}", agent.local_addr());
+    let http = reqwest::Client::new();
+    let call = |m: reqwest::Method, path: &str, token: Option<&str>, body: Option<Value>| {
+        let mut rq = http.request(m, format!("{base}{path}"));
+        if let Some(t) = token {
+            rq = rq.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            rq = rq.json(&b);
+        }
+        async move {
+            let r = rq.send().await.unwrap();
+            let st = r.status();
+            (st, r.json::<Value>().await.unwrap())
+        }
+    };
+    let (st, v) = call(
+        reqwest::Method::POST,
+        "/v1/staff/sign-in",
+        None,
+        Some(json!({ "pin": "1234" })),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let ana = v["token"].as_str().unwrap().to_string();
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (st, _) = call(
+            reqwest::Method::GET,
+            "/v1/pickups/web-e2e-1",
+            Some(&ana),
+            None,
+        )
+        .await;
+        if st == StatusCode::OK {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the order never arrived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (st, _) = call(
+        reqwest::Method::POST,
+        "/v1/pickups/web-e2e-1/pick",
+        Some(&ana),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, _) = call(
+        reqwest::Method::POST,
+        "/v1/pickups/web-e2e-1/ready",
+        Some(&ana),
+        Some(json!({ "location": "Pickup shelf 2" })),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    let qr = PickupClaims {
+        order: order.order_id.clone(),
+        store: store(),
+        issued_at: order.placed_at,
+        expires_at: order.expires_at,
+        key_id: 1,
+    }
+    .sign(&hub_key());
+    let (st, v) = call(
+        reqwest::Method::POST,
+        "/v1/pickups/redeem",
+        Some(&ana),
+        Some(json!({ "qr": qr, "device": "counter-1" })),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(agent.ledger().stock(gtin(1)).await.unwrap(), 3);
+    // HQ cancels after the collection: the store answers with a conflict.
+    let cancel_id = EventId::from_bytes([0xcc; 16]);
+    hub.push_change(ChangeBody::PickupCancelled(PickupCancellation {
+        order_id: order.order_id.clone(),
+        cancel_id,
+        at: UtcMillis::now(),
+    }));
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let kinds = loop {
+        let kinds: Vec<&'static str> = hub
+            .events()
+            .iter()
+            .filter(|e| pickup_order_of(&e.body).is_some())
+            .map(|e| e.body.kind())
+            .collect();
+        if kinds.len() >= 5 && agent.ledger().view().outbox_depth() == 0 {
+            break kinds;
+        }
+        assert!(Instant::now() < deadline, "uploaded so far: {kinds:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        kinds,
+        [
+            "pickup_received",
+            "pickup_picking",
+            "pickup_ready",
+            "pickup_collected",
+            "pickup_cancel_conflict"
+        ]
+    );
+    // What went over the wire is the protocol event: no order details, no code digest, no
+    // ready_by.
+    let raw = hub.with(|h| h.raw_events.clone());
+    for e in &raw {
+        let body = &e["body"];
+        assert!(body.get("order").is_none(), "{e}");
+        assert!(body.get("ready_by").is_none(), "{e}");
+        assert!(!e.to_string().contains(&order.code_digest), "{e}");
+    }
+    let conflict = hub
+        .events()
+        .into_iter()
+        .find(|e| matches!(e.body, EventBody::PickupCancelConflict { .. }))
+        .unwrap();
+    assert!(matches!(
+        conflict.body,
+        EventBody::PickupCancelConflict { cancel_id: c, ref collected_by, .. }
+            if c == cancel_id && collected_by == "Ana"
+    ));
+    agent.shutdown().await;
+    verify(dir.path()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_catches_an_edited_pickup_row() {
+    let mut s = Store::start().await;
+    let (o, _) = order("web-1300", &[(1, 1)], 13);
+    s.deliver(vec![o]).await;
+    let ana = s.sign_in("1234").await;
+    s.make_ready(&ana, "web-1300", &[]).await;
+    let (st, _) = s.redeem(&ana, json!({ "qr": qr_for("web-1300") })).await;
+    assert_eq!(st, StatusCode::OK);
+    s.agent.take().unwrap().shutdown().await;
+    verify(s.dir.path()).unwrap();
+    // Someone "un-collects" the order behind the ledger's back.
+    let db = rusqlite::Connection::open(s.dir.path().join("ledger.db")).unwrap();
+    db.execute(
+        "UPDATE pickup_orders SET status = 'ready' WHERE order_id = 'web-1300'",
+        [],
+    )
+    .unwrap();
+    drop(db);
+    let e = verify(s.dir.path()).unwrap_err().to_string();
+    assert!(e.contains("pickup_orders"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_from_the_network_is_refused_never_a_crash() {
+    let mut s = Store::start().await;
+    let (o, _) = order("web-1400", &[(1, 1)], 14);
+    s.deliver(vec![o]).await;
+    let ana = s.sign_in("1234").await;
+    let mut bodies: Vec<Vec<u8>> = vec![
+        b"".to_vec(),
+        b"null".to_vec(),
+        b"[]".to_vec(),
+        b"{\"qr\": 5}".to_vec(),
+        b"{\"code\": null}".to_vec(),
+        b"{\"location\": [\"x\"]}".to_vec(),
+        b"{\"missing\": \"all\"}".to_vec(),
+        b"{\"pin\": {\"a\": 1}}".to_vec(),
+        b"{\"qr\": \"AISLE1.\\u0000.\\u0000\"}".to_vec(),
+        "{\"code\": \"\u{1F600}\u{1F600}\u{1F600}\u{1F600}-\u{1F600}\"}"
+            .as_bytes()
+            .to_vec(),
+        vec![0xff, 0xfe, 0x00, 0x7b],
+        format!("{{\"qr\": \"{}\"}}", "A".repeat(20_000)).into_bytes(),
+    ];
+    for n in 0..20 {
+        bodies.push((0..(n * 37)).map(|_| rand::random::<u8>()).collect());
+    }
+    let paths = [
+        "/v1/staff/sign-in",
+        "/v1/pickups/redeem",
+        "/v1/pickups/web-1400/pick",
+        "/v1/pickups/web-1400/ready",
+        "/v1/pickups/%00%ff/ready",
+    ];
+    for path in paths {
+        for b in &bodies {
+            let r = s
+                .http
+                .post(format!("{}{path}", s.base))
+                .bearer_auth(&ana)
+                .header("content-type", "application/json")
+                .body(b.clone())
+                .send()
+                .await
+                .unwrap();
+            let st = r.status();
+            assert!(st.is_client_error() || st.is_success(), "{path}: {st}");
+            let v: Value = r.json().await.unwrap();
+            if !st.is_success() {
+                assert!(v["error"].is_string(), "{path}: {v}");
+            }
+        }
+    }
+    // Still serving, and the order untouched but for a pick that `{}`-like bodies may make.
+    let (st, v) = s.get("/v1/pickups/web-1400", &ana).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_ne!(v["status"], "collected");
+    s.finish().await;
+}

@@ -10,7 +10,7 @@ use aisle_protocol::sync::error_code;
 use aisle_protocol::{Gtin, OrderId, UtcMillis};
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -267,8 +267,12 @@ pub(super) async fn list(
 pub(super) async fn get_order(
     State(st): State<AppState>,
     _who: StaffSession,
-    Path(raw): Path<String>,
+    path: Result<Path<String>, PathRejection>,
 ) -> Response {
+    let raw = match path {
+        Ok(Path(raw)) => raw,
+        Err(_) => return not_found("(not a valid order id)"),
+    };
     let id = match order_id(&raw) {
         Ok(id) => id,
         Err(r) => return *r,
@@ -287,7 +291,7 @@ struct PickBody {}
 pub(super) async fn pick(
     State(st): State<AppState>,
     who: StaffSession,
-    Path(raw): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let bytes = match body {
@@ -297,6 +301,10 @@ pub(super) async fn pick(
     if let Err(r) = json_body::<PickBody>(&bytes) {
         return *r;
     }
+    let raw = match path {
+        Ok(Path(raw)) => raw,
+        Err(_) => return not_found("(not a valid order id)"),
+    };
     let id = match order_id(&raw) {
         Ok(id) => id,
         Err(r) => return *r,
@@ -322,7 +330,7 @@ struct ReadyBody {
 pub(super) async fn ready(
     State(st): State<AppState>,
     who: StaffSession,
-    Path(raw): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let bytes = match body {
@@ -332,6 +340,10 @@ pub(super) async fn ready(
     let body: ReadyBody = match json_body(&bytes) {
         Ok(b) => b,
         Err(r) => return *r,
+    };
+    let raw = match path {
+        Ok(Path(raw)) => raw,
+        Err(_) => return not_found("(not a valid order id)"),
     };
     let id = match order_id(&raw) {
         Ok(id) => id,

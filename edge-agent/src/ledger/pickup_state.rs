@@ -399,3 +399,92 @@ fn insert_cancel(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use aisle_protocol::pickup::PickupOrderLine;
+
+    fn order() -> PickupOrder {
+        PickupOrder {
+            order_id: OrderId::parse("web-1").unwrap(),
+            lines: vec![PickupOrderLine {
+                gtin: Gtin::parse("9501101531000").unwrap(),
+                qty: 2,
+                name: "乌龙茶".into(),
+            }],
+            placed_at: UtcMillis(1),
+            pickup_by: UtcMillis(2),
+            expires_at: UtcMillis(3),
+            code_digest: "ab".repeat(32),
+            key_id: 1,
+        }
+    }
+
+    #[test]
+    fn received_and_ready_payloads_round_trip_and_upload_as_the_protocol_event() {
+        let body = EventBody::PickupReceived {
+            order_id: OrderId::parse("web-1").unwrap(),
+        };
+        let stored = StoredBody {
+            body: body.clone(),
+            staged: None,
+            order: Some(order()),
+            ready_by: None,
+        };
+        let bytes = stored.encode().unwrap();
+        assert_eq!(
+            StoredBody::decode("pickup_received", &bytes).unwrap(),
+            stored
+        );
+        assert_eq!(serde_json::from_slice::<EventBody>(&bytes).unwrap(), body);
+        // The details are required, and must name the same order.
+        assert!(StoredBody::plain(body.clone()).encode().is_err());
+        let plain = serde_json::to_vec(&body).unwrap();
+        assert!(StoredBody::decode("pickup_received", &plain).is_err());
+        let mut other = order();
+        other.order_id = OrderId::parse("web-2").unwrap();
+        let wrong = StoredBody {
+            order: Some(other),
+            ..stored
+        };
+        assert!(wrong.encode().is_err());
+
+        let ready = EventBody::PickupReady {
+            order_id: OrderId::parse("web-1").unwrap(),
+            location: "B3".into(),
+            missing: vec![],
+        };
+        let stored = StoredBody {
+            ready_by: Some("Ana".into()),
+            ..StoredBody::plain(ready.clone())
+        };
+        let bytes = stored.encode().unwrap();
+        assert_eq!(StoredBody::decode("pickup_ready", &bytes).unwrap(), stored);
+        assert_eq!(serde_json::from_slice::<EventBody>(&bytes).unwrap(), ready);
+        // Only a ready event carries ready_by.
+        let odd = StoredBody {
+            ready_by: Some("Ana".into()),
+            ..StoredBody::plain(EventBody::PickupExpired {
+                order_id: OrderId::parse("web-1").unwrap(),
+            })
+        };
+        assert!(odd.encode().is_err());
+    }
+
+    #[test]
+    fn statuses_parse_back_and_open_is_the_three_before_final() {
+        for s in OrderStatus::ALL {
+            assert_eq!(OrderStatus::parse(s.as_str()), Some(s));
+            assert_eq!(
+                serde_json::to_value(s).unwrap(),
+                serde_json::Value::String(s.as_str().into())
+            );
+        }
+        assert!(OrderStatus::Ready.is_open());
+        assert!(!OrderStatus::Collected.is_open());
+        assert!(OrderStatus::PartiallyCollected.is_collected());
+        assert_eq!(OrderStatus::parse("lost"), None);
+    }
+}

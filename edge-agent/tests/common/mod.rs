@@ -1,6 +1,8 @@
 //! Shared test data: GTINs, prices and sales in the shop's words.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod hub;
+
 use aisle_agent::ledger::{SaleRequest, SaleRequestLine};
 use aisle_protocol::sync::{Payment, PaymentMethod, PriceChange};
 use aisle_protocol::{BatchId, Currency, Gtin, Money, SaleId, UtcMillis};
