@@ -23,7 +23,15 @@ use aisle_hub::{HqToken, HubConfig, PickupSettings};
 #[command(
     name = "aisle-hub",
     version,
-    about = "Aisle HQ hub: price batches, sales, stock and the gateway sync API"
+    about = "Aisle HQ hub: price batches, sales, stock, pickup orders and the gateway sync API",
+    long_about = "Aisle HQ hub: price batches, sales, stock, pickup orders and the gateway sync API.\n\n\
+HQ callers send a bearer token with a role: AISLE_HQ_TOKEN is the bootstrap admin token, \
+`token create --role pricing|orders|admin` makes the others (price batches need pricing, orders \
+need orders, stores, gateways, enrolment and the audit log need admin; reports take any role). \
+Gateways use a credential from `gateway add`, or enrol with a one-time code from `enrolment \
+create` and sign their requests with their own key. `tls init` makes a private CA and server \
+certificate; `serve --tls-cert --tls-key` serves HTTPS. Privileged actions go to the audit log \
+(`audit list`, `audit verify`)."
 )]
 pub struct Cli {
     /// Database: sqlite://PATH or postgres://USER:PASSWORD@HOST:PORT/DB
@@ -145,6 +153,7 @@ pub enum AuditCommand {
 pub enum EnrolmentCommand {
     /// Create a one-time enrolment code for a store's new gateway; prints the code once.
     Create {
+        /// The store the gateway will belong to, e.g. S001
         #[arg(long)]
         store: String,
         /// How long the code stays valid: e.g. 30m, 24h, 7d (at most 30 days).

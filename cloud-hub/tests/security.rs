@@ -648,6 +648,61 @@ async fn signed_requests(db: Db) {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(err.message.contains("signature"), "{}", err.message);
 
+    // Incomplete or malformed signed headers: 401 naming what is wrong.
+    let h = sign_request(&key, &gw, "GET", changes, UtcMillis::now(), &nonce(), b"").unwrap();
+    let (status, err) = error_of(
+        env.http
+            .get(format!("{}{changes}", env.base))
+            .header(PROTOCOL_HEADER, "1")
+            .header(auth::SIGNATURE_HEADER, &h.signature)
+            .header(auth::GATEWAY_HEADER, &h.gateway)
+            .header(auth::TIMESTAMP_HEADER, "yesterday")
+            .header(auth::NONCE_HEADER, &h.nonce)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(
+        err.message.contains(auth::TIMESTAMP_HEADER),
+        "{}",
+        err.message
+    );
+    let (status, err) = error_of(
+        env.http
+            .get(format!("{}{changes}", env.base))
+            .header(PROTOCOL_HEADER, "1")
+            .header(auth::SIGNATURE_HEADER, &h.signature)
+            .header(auth::GATEWAY_HEADER, &h.gateway)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(err.message.contains("missing"), "{}", err.message);
+    // A gateway id that never enrolled.
+    let stranger = GatewayId::parse("gw-S001-ffffffff").unwrap();
+    let (status, err) = error_of(
+        env.signed(
+            Method::GET,
+            changes,
+            &stranger,
+            &key,
+            UtcMillis::now(),
+            &nonce(),
+            b"",
+            b"",
+        )
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(err.message.contains("not enrolled"), "{}", err.message);
+
     // Signed with another key: refused.
     let (status, _) = error_of(
         env.signed(

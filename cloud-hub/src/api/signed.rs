@@ -10,14 +10,14 @@ use aisle_protocol::auth::{
     GATEWAY_HEADER, MAX_CLOCK_SKEW_MS, NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER,
     check_clock, check_nonce, parse_public_key_hex, parse_timestamp, verify_request,
 };
-use aisle_protocol::sync::MAX_BODY_BYTES;
+use aisle_protocol::sync::{MAX_BODY_BYTES, path};
 use aisle_protocol::{GatewayId, UtcMillis};
 use axum::extract::{Request, State};
 use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::{ApiError, AppState, SignedGateway};
+use super::{ApiError, AppState, MAX_SMALL_BODY_BYTES, SignedGateway};
 use crate::storage::AuthenticatedGateway;
 
 /// The middleware: verifies signed requests, leaves the others alone.
@@ -71,13 +71,18 @@ async fn check(state: &AppState, req: Request) -> Result<Request, ApiError> {
         tracing::error!(%gateway, error = %e, "stored gateway key does not parse");
         ApiError::Internal
     })?;
-    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
-        .await
-        .map_err(|_| {
-            ApiError::PayloadTooLarge(format!(
-                "the request body could not be read whole (at most {MAX_BODY_BYTES} bytes)"
-            ))
-        })?;
+    // The same bounds as the routes': uploads may be large, everything a gateway may call
+    // besides takes a small body at most.
+    let limit = if parts.uri.path() == path::EVENTS {
+        MAX_BODY_BYTES
+    } else {
+        MAX_SMALL_BODY_BYTES
+    };
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::PayloadTooLarge(format!(
+            "the request body could not be read whole (at most {limit} bytes on this route)"
+        ))
+    })?;
     let path_and_query = parts
         .uri
         .path_and_query()
