@@ -65,3 +65,11 @@ ensure_mosquitto() {
     wait_port 1883 || { log "Mosquitto did not start"; return 1; }
   fi
 }
+
+# Headless Chromium and its WebDriver, for edge-agent/tests/pickup_page.rs (the staff page in a
+# real browser). Debian's packages; that test fails, not skips, without them.
+ensure_chromium() {
+  if [ ! -x /usr/bin/chromedriver ] || [ ! -x /usr/bin/chromium ]; then
+    apt_install chromium chromium-driver
+  fi
+}

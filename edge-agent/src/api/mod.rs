@@ -21,6 +21,7 @@ use crate::pickup::PickupShared;
 use crate::sync::SyncShared;
 
 mod cameras;
+mod pickup_page;
 mod pickups;
 mod prices;
 mod sales;
@@ -75,6 +76,7 @@ pub enum Endpoint {
     Metrics,
     OpenApi,
     PickupGet,
+    PickupPage,
     PickupList,
     PickupPick,
     PickupReady,
@@ -120,6 +122,11 @@ pub const ROUTES: &[Route] = &[
         method: HttpMethod::Get,
         path: "/openapi.json",
         endpoint: Endpoint::OpenApi,
+    },
+    Route {
+        method: HttpMethod::Get,
+        path: "/pickup",
+        endpoint: Endpoint::PickupPage,
     },
     Route {
         method: HttpMethod::Get,
@@ -183,6 +190,7 @@ fn handler(route: &Route, state: &AppState) -> MethodRouter<AppState> {
         Endpoint::Healthz => on(f, status::healthz),
         Endpoint::Metrics => on(f, status::metrics),
         Endpoint::OpenApi => on(f, status::openapi),
+        Endpoint::PickupPage => on(f, pickup_page::page),
         Endpoint::PickupList => on(f, pickups::list),
         Endpoint::PickupGet => on(f, pickups::get_order),
         // Staff requests are small: refused beyond 16 KiB, before more is read.
