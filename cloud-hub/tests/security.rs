@@ -994,6 +994,48 @@ async fn audit_log(db: Db) {
 }
 both!(audit_log);
 
+/// Audited writes from many tasks at once (several hub processes share one chain on
+/// PostgreSQL): every entry lands, in one unbroken chain.
+async fn audit_chain_under_concurrency(db: Db) {
+    let env = env(db).await;
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let s = env.storage();
+        tasks.push(tokio::spawn(async move {
+            let t = NewApiToken::generate();
+            s.create_api_token(&t, &format!("t{i}"), Role::Orders, &Actor::cli())
+                .await
+                .unwrap();
+            let e = NewEnrolment::generate(&sid("S002"), later());
+            s.create_enrolment(&e, &Actor::cli()).await.unwrap();
+        }));
+    }
+    for i in 0..4 {
+        let base = env.base.clone();
+        let http = env.http.clone();
+        tasks.push(tokio::spawn(async move {
+            let res = http
+                .post(format!("{base}/v1/price-batches"))
+                .bearer_auth(HQ)
+                .json(&json!({"stores": "all", "prices": [
+                    {"gtin": G1, "price": format!("3.{i}0"), "currency": "CNY", "name": "Tea"}]}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), StatusCode::CREATED);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let v = env.storage().verify_audit().await.unwrap();
+    // The setup's gateway, 16 tokens, 16 codes, 4 batches.
+    assert_eq!(v.entries, 37);
+    assert_eq!(v.broken, None);
+    env.finish().await;
+}
+both!(audit_chain_under_concurrency);
+
 // ---- the binary: HTTPS, CLI, and logs without secrets ----
 
 fn hub_cmd(args: &[&str], db: &str, log: &Mutex<String>) -> String {
