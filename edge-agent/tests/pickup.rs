@@ -1393,3 +1393,93 @@ async fn garbage_from_the_network_is_refused_never_a_crash() {
     assert_ne!(v["status"], "collected");
     s.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_guesses_cannot_slip_past_the_limits() {
+    let mut s = Store::start().await;
+    let (o, code) = order("web-1500", &[(1, 1)], 15);
+    s.deliver(vec![o]).await;
+    let ana = s.sign_in("1234").await;
+    s.make_ready(&ana, "web-1500", &[]).await;
+    let guesses = (0..40u8).map(|n| {
+        let wrong = FallbackCode::from_bits([n, 0xee, n, 0xee, n]).to_string();
+        s.redeem(&ana, json!({ "code": wrong, "device": "counter-1" }))
+    });
+    let answers = futures_join_all(guesses).await;
+    let not_found = answers
+        .iter()
+        .filter(|a| a.0 == StatusCode::NOT_FOUND)
+        .count();
+    let limited = answers
+        .iter()
+        .filter(|a| a.0 == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!((not_found, limited), (5, 35), "{answers:?}");
+    assert_error(
+        &s.redeem(
+            &ana,
+            json!({ "code": code.to_string(), "device": "counter-1" }),
+        )
+        .await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+    );
+
+    let pins = (0..20).map(|_| {
+        s.send(
+            reqwest::Method::POST,
+            "/v1/staff/sign-in",
+            None,
+            Some(json!({ "pin": "0000" })),
+        )
+    });
+    let answers = futures_join_all(pins).await;
+    let wrong = answers
+        .iter()
+        .filter(|a| a.0 == StatusCode::UNAUTHORIZED)
+        .count();
+    let limited = answers
+        .iter()
+        .filter(|a| a.0 == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!((wrong, limited), (5, 15), "{answers:?}");
+    let (_, v) = s.get("/v1/pickups/web-1500", &ana).await;
+    assert_eq!(v["status"], "ready");
+    s.finish().await;
+}
+
+/// Runs futures concurrently on the runtime and collects their outputs in order.
+async fn futures_join_all<F, T>(futs: impl Iterator<Item = F>) -> Vec<T>
+where
+    F: std::future::Future<Output = T>,
+{
+    let mut set = Vec::new();
+    for f in futs {
+        set.push(Box::pin(f));
+    }
+    let mut out = Vec::with_capacity(set.len());
+    let mut pending: Vec<Option<_>> = set.into_iter().map(Some).collect();
+    let mut results: Vec<Option<T>> = (0..pending.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for (i, slot) in pending.iter_mut().enumerate() {
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        results[i] = Some(v);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => done = false,
+                }
+            }
+        }
+        if done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    out.extend(results.into_iter().flatten());
+    out
+}

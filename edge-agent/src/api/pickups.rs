@@ -494,32 +494,51 @@ pub(super) async fn redeem(
             (claims.order, RedeemMethod::Qr)
         }
         (None, Some(code)) => {
-            // Guessing is stopped here, before the code is even looked at.
+            // Guessing is stopped here, before the code is looked at. The attempt is counted as
+            // a failure up front (and given back if the code turns out to name an order), so
+            // parallel guesses cannot all slip in before the first failure is counted.
             let now = p.now();
-            let limited = p.redeem_limits.lock().ok().and_then(|mut l| {
-                let d = l.device_codes.retry_after_s(&device, now);
+            let taken = p.redeem_limits.lock().ok().map(|mut l| {
+                let l = &mut *l;
                 let s = l.store_codes.retry_after_s("store", now);
-                d.max(s)
+                let d = l.device_codes.retry_after_s(&device, now);
+                match d.max(s) {
+                    Some(wait) => Err(wait),
+                    None => {
+                        l.store_codes.record("store", now);
+                        l.device_codes.record(&device, now);
+                        Ok(())
+                    }
+                }
             });
-            if let Some(s) = limited {
+            if let Some(Err(wait)) = taken {
                 return outcome(
                     &st,
                     "rate_limited",
-                    rate_limited(s, "too many wrong pickup codes: wait, then try again"),
+                    rate_limited(wait, "too many wrong pickup codes: wait, then try again"),
                 );
             }
+            let give_back = || {
+                if let Ok(mut l) = p.redeem_limits.lock() {
+                    l.store_codes.give_back("store", now);
+                    l.device_codes.give_back(&device, now);
+                }
+            };
+            // A malformed code cannot match any order: refused, but not a guess.
             let code = match FallbackCode::parse(&code) {
                 Ok(c) => c,
-                Err(e) => return bad_token(e.to_string()),
+                Err(e) => {
+                    give_back();
+                    return bad_token(e.to_string());
+                }
             };
             let digest = code_digest(&p.store, &code);
             match st.ledger.pickup_order_by_digest(digest).await {
-                Ok(Some(id)) => (id, RedeemMethod::Code),
+                Ok(Some(id)) => {
+                    give_back();
+                    (id, RedeemMethod::Code)
+                }
                 Ok(None) => {
-                    if let Ok(mut l) = p.redeem_limits.lock() {
-                        l.device_codes.record(&device, now);
-                        l.store_codes.record("store", now);
-                    }
                     tracing::warn!(device = %device, "pickup code matches no order");
                     return outcome(
                         &st,
@@ -532,7 +551,10 @@ pub(super) async fn redeem(
                         ),
                     );
                 }
-                Err(e) => return ledger_error(&e),
+                Err(e) => {
+                    give_back();
+                    return ledger_error(&e);
+                }
             }
         }
         _ => {
@@ -546,13 +568,11 @@ pub(super) async fn redeem(
     };
     // Once a proof names an order, that order gets a bounded number of attempts.
     let now = p.now();
-    let limited = p.redeem_limits.lock().ok().and_then(|mut l| {
-        let r = l.orders.retry_after_s(order_id.as_str(), now);
-        if r.is_none() {
-            l.orders.record(order_id.as_str(), now);
-        }
-        r
-    });
+    let limited = p
+        .redeem_limits
+        .lock()
+        .ok()
+        .and_then(|mut l| l.orders.take(order_id.as_str(), now).err());
     if let Some(s) = limited {
         return outcome(
             &st,

@@ -160,20 +160,6 @@ pub(super) async fn sign_in(
         Ok(b) => b,
         Err(e) => return body_error(&e),
     };
-    let address = client_address(&ext);
-    let p = st.pickup.clone();
-    let now = p.now();
-    let locked = p
-        .sign_in_failures
-        .lock()
-        .ok()
-        .and_then(|mut w| w.retry_after_s(&address, now));
-    if let Some(s) = locked {
-        return rate_limited(
-            s,
-            "too many wrong PINs from this device: wait, then try again",
-        );
-    }
     let body: SignInBody = match json_body(&bytes) {
         Ok(b) => b,
         Err(r) => return *r,
@@ -186,26 +172,38 @@ pub(super) async fn sign_in(
             Value::Null,
         );
     }
-    let who = {
-        let Ok(_permit) = p.hashing.acquire().await else {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                error_code::UNAVAILABLE,
-                "shutting down",
-                Value::Null,
-            );
-        };
-        let staff = p.staff.clone();
-        let pin = body.pin;
-        tokio::task::spawn_blocking(move || crate::pickup::staff::who(&staff, &pin))
-            .await
-            .ok()
-            .flatten()
+    let address = client_address(&ext);
+    let p = st.pickup.clone();
+    // At most two PIN checks hash at once; the lockout is checked (and this attempt counted as
+    // a failure until it succeeds) while holding the permit, so parallel guesses from one
+    // address cannot pass the check together.
+    let Ok(_permit) = p.hashing.acquire().await else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            error_code::UNAVAILABLE,
+            "shutting down",
+            Value::Null,
+        );
     };
+    let now = p.now();
+    let taken = p
+        .sign_in_failures
+        .lock()
+        .ok()
+        .map(|mut w| w.take(&address, now));
+    if let Some(Err(wait)) = taken {
+        return rate_limited(
+            wait,
+            "too many wrong PINs from this device: wait, then try again",
+        );
+    }
+    let staff = p.staff.clone();
+    let pin = body.pin;
+    let who = tokio::task::spawn_blocking(move || crate::pickup::staff::who(&staff, &pin))
+        .await
+        .ok()
+        .flatten();
     let Some(name) = who else {
-        if let Ok(mut w) = p.sign_in_failures.lock() {
-            w.record(&address, p.now());
-        }
         tracing::warn!(address = %address, "staff sign-in with a wrong PIN");
         return error(
             StatusCode::UNAUTHORIZED,
@@ -214,6 +212,9 @@ pub(super) async fn sign_in(
             Value::Null,
         );
     };
+    if let Ok(mut w) = p.sign_in_failures.lock() {
+        w.give_back(&address, now);
+    }
     let (token, session) = p.sessions.open(name.clone(), p.now());
     tracing::info!(staff = %name, "staff signed in");
     let cookie = format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/");

@@ -85,6 +85,27 @@ impl Windows {
         Some(u64::try_from(ms).unwrap_or(1).div_ceil(1000))
     }
 
+    /// Takes a slot for `key` (counting it now) or says how long to wait: the check and the
+    /// count are one step, so parallel requests cannot all pass the check before any is counted.
+    pub fn take(&mut self, key: &str, now: UtcMillis) -> Result<(), u64> {
+        match self.retry_after_s(key, now) {
+            Some(s) => Err(s),
+            None => {
+                self.record(key, now);
+                Ok(())
+            }
+        }
+    }
+
+    /// Gives back a slot taken at `at` (the attempt turned out not to count).
+    pub fn give_back(&mut self, key: &str, at: UtcMillis) {
+        if let Some(q) = self.map.get_mut(key)
+            && let Some(i) = q.iter().rposition(|&t| t == at.0)
+        {
+            q.remove(i);
+        }
+    }
+
     /// Counts one event for `key`.
     pub fn record(&mut self, key: &str, now: UtcMillis) {
         if !self.map.contains_key(key) && self.map.len() >= MAX_KEYS {
@@ -227,6 +248,13 @@ mod tests {
         assert_eq!(w.retry_after_s("b", UtcMillis(2_500)), None);
         // The first one slides out of the window.
         assert_eq!(w.retry_after_s("a", UtcMillis(10_000)), None);
+        // take = check + count in one step; give_back undoes one.
+        assert_eq!(w.take("c", UtcMillis(0)), Ok(()));
+        assert_eq!(w.take("c", UtcMillis(1)), Ok(()));
+        assert_eq!(w.take("c", UtcMillis(2)), Ok(()));
+        assert_eq!(w.take("c", UtcMillis(3)), Err(10));
+        w.give_back("c", UtcMillis(2));
+        assert_eq!(w.take("c", UtcMillis(3)), Ok(()));
         for i in 0..(MAX_KEYS as i64 + 10) {
             w.record(&format!("k{i}"), UtcMillis(20_000));
         }
