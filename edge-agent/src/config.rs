@@ -695,6 +695,66 @@ listen = "127.0.0.1:7401"
     }
 
     #[test]
+    fn pickup_staff_need_names_and_argon2_hashes_which_debug_never_shows() {
+        let example = include_str!("../examples/agent.toml");
+        let c: AgentConfig = toml::from_str(example).unwrap();
+        assert!(
+            c.pickup.is_none(),
+            "the example's [pickup] is commented out"
+        );
+        // The commented example, uncommented, is a valid config with one staff member.
+        let uncommented: String = example
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest)
+                    if rest.starts_with("[pickup]")
+                        || rest.starts_with("[[pickup.staff]]")
+                        || rest.starts_with("name = ")
+                        || rest.starts_with("pin_hash = ") =>
+                {
+                    rest
+                }
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c: AgentConfig = toml::from_str(&uncommented).unwrap();
+        c.validate().unwrap();
+        let p = c.pickup.clone().unwrap();
+        assert_eq!(p.staff.len(), 1);
+        assert_eq!(p.staff[0].name, "Ana");
+        assert_eq!(
+            crate::pickup::staff::who(&p.staff, "1234").as_deref(),
+            Some("Ana")
+        );
+        let shown = format!("{c:?}");
+        assert!(
+            shown.contains("Ana") && !shown.contains("argon2id"),
+            "{shown}"
+        );
+
+        let with = |staff: &str| format!("{MINIMAL}\n[pickup]\n{staff}");
+        let invalid = |text: String| -> String {
+            let c: AgentConfig = toml::from_str(&text).unwrap();
+            c.validate().unwrap_err().to_string()
+        };
+        let hash = &p.staff[0].pin_hash;
+        let one = |name: &str, h: &str| {
+            format!("[[pickup.staff]]\nname = \"{name}\"\npin_hash = \"{h}\"\n")
+        };
+        assert!(invalid(with(&one("Ana", "1234"))).contains("pin_hash"));
+        assert!(invalid(with(&one("", hash))).contains("name"));
+        let twice = format!("{}{}", one("Ana", hash), one("Ana", hash));
+        assert!(invalid(with(&twice)).contains("used twice"));
+        assert!(
+            toml::from_str::<AgentConfig>(&with("[[pickup.staff]]\nname = \"A\"\npin = \"1\"\n"))
+                .is_err()
+        );
+        let ok: AgentConfig = toml::from_str(&with(&one("Bo", hash))).unwrap();
+        ok.validate().unwrap();
+    }
+
+    #[test]
     fn footfall_mistakes_are_refused_with_a_clear_message() {
         let camera = |extra: &str| {
             format!(

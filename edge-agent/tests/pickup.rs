@@ -1483,3 +1483,85 @@ where
     out.extend(results.into_iter().flatten());
     out
 }
+
+#[test]
+fn staff_hash_pin_reads_stdin_and_prints_a_phc_string_that_verifies() {
+    use std::io::Write;
+    let run = |input: &str| {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_aisle-agent"))
+            .args(["staff", "hash-pin"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = run("4321\n");
+    assert!(out.status.success(), "{out:?}");
+    let hash = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    assert!(!hash.contains("4321"));
+    let staff = vec![StaffConfig {
+        name: "Cy".into(),
+        pin_hash: hash,
+    }];
+    assert_eq!(
+        aisle_agent::pickup::staff::who(&staff, "4321").as_deref(),
+        Some("Cy")
+    );
+    assert_eq!(aisle_agent::pickup::staff::who(&staff, "4322"), None);
+    let out = run("12\n");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PIN must be"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_writer_lets_exactly_one_of_many_redeems_through() {
+    use aisle_agent::ledger::{PickupAction, PickupRefusal};
+    use aisle_protocol::pickup::RedeemMethod;
+    let mut s = Store::start().await;
+    let (o, _) = order("web-1600", &[(1, 1)], 16);
+    s.deliver(vec![o]).await;
+    let ana = s.sign_in("1234").await;
+    s.make_ready(&ana, "web-1600", &[]).await;
+    let ledger = s.agent().ledger().clone();
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let ledger = ledger.clone();
+        tasks.push(tokio::spawn(async move {
+            ledger
+                .pickup(PickupAction::Redeem {
+                    order_id: OrderId::parse("web-1600").unwrap(),
+                    method: RedeemMethod::Qr,
+                    device: format!("counter-{i}"),
+                    staff: None,
+                })
+                .await
+        }));
+    }
+    let mut won = Vec::new();
+    let mut refused = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(rec) => won.push(rec),
+            Err(PickupRefusal::AlreadyCollected { collection, .. }) => {
+                refused += 1;
+                assert_eq!(collection.staff, None);
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!((won.len(), refused), (1, 49));
+    let winner = won[0].collected.clone().unwrap();
+    // Without staff, the device is who collected it.
+    assert_eq!(winner.by(), winner.device);
+    assert_eq!(s.stock(gtin(1)).await, 9);
+    s.finish().await;
+}
