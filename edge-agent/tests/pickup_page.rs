@@ -51,7 +51,8 @@ const DEVICE: &str = "counter-1";
 const LOCATION: &str = "Shelf B3";
 /// A product name that would be markup if the page ever put data in the DOM as HTML.
 const MARKUP_NAME: &str = "Chili oil <b>extra hot</b>";
-const SCREENSHOT: &str = "/tmp/pickup-handover.png";
+/// Each screen is saved as `/tmp/pickup-<name>.png` at phone size, to look at.
+const SCREENSHOTS: &str = "/tmp/pickup";
 /// How long the page gets to show something.
 const UI_WAIT: Duration = Duration::from_secs(10);
 
@@ -468,6 +469,12 @@ async fn is_hidden(c: &Client, selector: &str) -> anyhow::Result<bool> {
     Ok(!c.find(css(selector)).await?.is_displayed().await?)
 }
 
+async fn shot(c: &Client, name: &str) -> anyhow::Result<()> {
+    let png = c.screenshot().await?;
+    let file = format!("{SCREENSHOTS}-{name}.png");
+    std::fs::write(&file, &png).with_context(|| format!("writing {file}"))
+}
+
 const ENTER: &str = "\u{e007}";
 const TAB: &str = "\u{e004}";
 const CONTROL: &str = "\u{e009}";
@@ -485,6 +492,7 @@ async fn staff_flow(c: &Client, s: &Store) -> anyhow::Result<()> {
     type_into(c, "#pin", "1111").await?;
     click(c, "#signin-btn").await?;
     wait_text(c, "#signin-msg", &["Wrong PIN"]).await?;
+    shot(c, "signin-refused").await?;
     ensure!(
         is_hidden(c, "#s-queue").await?,
         "a wrong PIN showed the queue"
@@ -495,6 +503,7 @@ async fn staff_flow(c: &Client, s: &Store) -> anyhow::Result<()> {
     type_into(c, "#pin", &format!("{PIN}{ENTER}")).await?;
     wait_text(c, "#who", &[STAFF]).await?;
     let queue = wait_text(c, "#q-list", &[SOON, LATER]).await?;
+    shot(c, "queue").await?;
     ensure!(
         queue.find(SOON) < queue.find(LATER),
         "soonest first: {queue:?}"
@@ -536,6 +545,7 @@ async fn staff_flow(c: &Client, s: &Store) -> anyhow::Result<()> {
     // 4. Start picking: the API records who.
     click(c, "#o-pick").await?;
     wait_text(c, "#o-facts", &["Picking", STAFF]).await?;
+    shot(c, "picking").await?;
     let o = s.order(SOON).await;
     ensure!(o["status"] == "picking" && o["picking_by"] == STAFF, "{o}");
 
@@ -552,6 +562,7 @@ async fn staff_flow(c: &Client, s: &Store) -> anyhow::Result<()> {
     click(c, "#o-ready").await?;
     wait_text(c, "#o-facts", &["Ready", LOCATION]).await?;
     wait_text(c, "#o-info", &["Ready at Shelf B3"]).await?;
+    shot(c, "ready").await?;
     let o = s.order(SOON).await;
     ensure!(o["status"] == "ready" && o["location"] == LOCATION, "{o}");
     let missing: Vec<&str> = o["lines"]
@@ -604,8 +615,7 @@ async fn staff_flow(c: &Client, s: &Store) -> anyhow::Result<()> {
         c.find_all(css("#result-box b")).await?.is_empty(),
         "markup in a name became HTML: {handed:?}"
     );
-    let png = c.screenshot().await?;
-    std::fs::write(SCREENSHOT, &png).with_context(|| format!("writing {SCREENSHOT}"))?;
+    shot(c, "handover").await?;
     let o = s.order(SOON).await;
     ensure!(o["status"] == "partially_collected", "{o}");
     let col = &o["collected"];
@@ -627,9 +637,10 @@ async fn staff_flow(c: &Client, s: &Store) -> anyhow::Result<()> {
     let refused = wait_text(
         c,
         "#refusal-reason",
-        &["Already collected by Ana at ", DEVICE],
+        &["Already collected at ", " by Ana, at counter-1."],
     )
     .await?;
+    shot(c, "refused").await?;
     ensure!(
         s.order(SOON).await["collected"]["method"] == "code",
         "the second scan changed the collection: {refused}"
@@ -644,6 +655,7 @@ async fn staff_flow(c: &Client, s: &Store) -> anyhow::Result<()> {
     )
     .await?;
     ensure!(!history.contains(LATER), "{history:?}");
+    shot(c, "history").await?;
     click(c, "#nav-queue").await?;
     let queue = wait_text(c, "#q-list", &[LATER]).await?;
     ensure!(!queue.contains(SOON), "{queue:?}");
