@@ -458,6 +458,49 @@ async fn a_second_redeem_after_a_kill_9_is_refused_with_who_and_when() -> Result
     shop.close().await
 }
 
+/// (d') kill -9 while a redeem is in flight, at a few moments: a hand-over that was answered is
+/// collected after the restart; one that was not is either collected (the commit made it, the
+/// answer did not) and refused on retry, or still ready and handed over on retry. Either way HQ
+/// counts one collection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_9_during_a_redeem_loses_no_answered_hand_over() -> Result<()> {
+    let mut shop = Shop::open(Backend::Sqlite, HubSettings::default()).await?;
+    let ids = ["web-5101", "web-5102", "web-5103"];
+    for (id, delay_ms) in ids.into_iter().zip([0u64, 3, 10]) {
+        let placed = shop.ready(id).await?;
+        let (counter, token) = (shop.counter.clone(), qr(&placed).to_string());
+        let inflight = tokio::spawn(async move { counter.redeem_qr(&token, "counter-1").await });
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        shop.vs.agent.kill9();
+        let answered = inflight.await?;
+        shop.vs.agent.restart().await?;
+        shop.counter = PickupCounter::open(&shop.vs).await?;
+        let (_, at_store) = shop.counter.order(id).await?;
+        if let Ok((200, _)) = &answered {
+            assert_eq!(
+                at_store["status"], "collected",
+                "{id}: answered, so committed"
+            );
+        }
+        let (status, retry) = shop.counter.redeem_qr(qr(&placed), "counter-2").await?;
+        match at_store["status"].as_str() {
+            Some("collected") => {
+                assert_eq!((status, &retry["device"]), (409, &Value::from("counter-1")))
+            }
+            Some("ready") => assert_eq!(status, 200, "{id}: {retry}"),
+            other => panic!("{id}: {other:?} after the restart ({answered:?})"),
+        }
+    }
+    shop.vs.agent.api().wait_drained(WAIT).await?;
+    for id in ids {
+        let hq = shop.hq.wait_status(id, "collected", WAIT).await?;
+        assert_eq!(hq_history_count(&hq, "collected"), 1, "{hq}");
+        assert!(conflict_kinds(&hq).is_empty(), "{hq}");
+    }
+    assert_eq!(shop.stock(&shop.a).await?, (94, 0));
+    shop.close().await
+}
+
 /// (e) A genuine token of another store's order is refused at this one (403), and that store's
 /// code names no order here (404); neither order moves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -502,57 +545,78 @@ async fn a_token_for_another_store_is_refused() -> Result<()> {
     shop.close().await
 }
 
-/// (f) Tokens past their expiry are refused (410) by QR and by code. An order the store could
-/// tell HQ about is expired by the store; one whose store was cut off is expired by the hub's
-/// sweep after its grace. Either way HQ ends at expired with the stock released.
+/// (f) Tokens past their expiry are refused (410) by QR and by code. An order whose store can
+/// tell HQ is expired by the store; one whose store is cut off is expired by the hub's sweep
+/// after its grace (1 s here), and the store's word confirms it when the link returns. Either
+/// way HQ ends at expired with the stock released, and no conflict.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_tokens_are_refused_and_hq_releases_the_stock() -> Result<()> {
     let shop = Shop::open(Backend::Sqlite, HubSettings::expiring(1)).await?;
-    let soon = now_ms() + 4_000;
+    let now = now_ms();
     let mut placed = Vec::new();
-    for id in ["web-7001", "web-7002"] {
+    for (id, expires) in [("web-7001", now + 5_000), ("web-7002", now + 7_000)] {
         placed.push(
             shop.hq
-                .place(&order(id, "S001", &[(&shop.a, 3)], soon, None))
+                .place(&order(id, "S001", &[(&shop.a, 3)], expires, None))
                 .await?,
         );
-    }
-    for id in ["web-7001", "web-7002"] {
         shop.counter.wait_status(id, "received", WAIT).await?;
     }
     shop.counter.pick_and_ready("web-7001", "Shelf A1").await?;
     shop.hq.wait_status("web-7001", "ready", WAIT).await?;
-    shop.vs.agent.api().wait_drained(WAIT).await?;
-    // The second order's store is cut off: only the hub's sweep can expire it at HQ.
-    shop.vs.proxy.link_down();
     assert_eq!(shop.stock(&shop.a).await?, (100, 6));
 
-    for (id, p) in ["web-7001", "web-7002"].iter().zip(&placed) {
-        shop.counter.wait_status(id, "expired", WAIT).await?;
-        let (status, refused) = shop.counter.redeem_qr(qr(p), "counter-1").await?;
-        assert_eq!((status, &refused["error"]), (410, &Value::from("expired")));
-        let (status, refused) = shop.counter.redeem_code(code(p), "counter-1").await?;
-        assert_eq!((status, &refused["error"]), (410, &Value::from("expired")));
-    }
+    let refused_as_expired = |id: &'static str, p: Value| {
+        let counter = shop.counter.clone();
+        async move {
+            counter.wait_status(id, "expired", WAIT).await?;
+            let (status, refused) = counter.redeem_qr(qr(&p), "counter-1").await?;
+            assert_eq!(
+                (status, &refused["error"]),
+                (410, &Value::from("expired")),
+                "{id}"
+            );
+            let (status, refused) = counter.redeem_code(code(&p), "counter-1").await?;
+            assert_eq!(
+                (status, &refused["error"]),
+                (410, &Value::from("expired")),
+                "{id}"
+            );
+            anyhow::Ok(())
+        }
+    };
+    refused_as_expired("web-7001", placed[0].clone()).await?;
+    let by_store = shop
+        .hq
+        .wait_until("web-7001", "HQ to hear the store expired it", WAIT, |o| {
+            o["status"] == "expired" && hq_history(o).contains(&"expired/store".to_string())
+        })
+        .await?;
+    assert!(conflict_kinds(&by_store).is_empty(), "{by_store}");
+
+    // The store is cut off before the second order expires: only the hub's sweep can expire it.
+    shop.vs.proxy.link_down();
+    refused_as_expired("web-7002", placed[1].clone()).await?;
     let by_hub = shop.hq.wait_status("web-7002", "expired", WAIT).await?;
     assert_eq!(
-        hq_history(&by_hub).last().unwrap(),
-        "expired/hq",
+        hq_history(&by_hub).last().map(String::as_str),
+        Some("expired/hq"),
         "{by_hub}"
     );
+    assert_eq!(shop.stock(&shop.a).await?, (100, 0), "both released");
+
     shop.vs.proxy.link_up();
     shop.vs.agent.api().wait_drained(WAIT).await?;
-    let by_store = shop.hq.wait_status("web-7001", "expired", WAIT).await?;
-    assert!(
-        hq_history(&by_store).contains(&"expired/store".to_string()),
-        "{by_store}"
-    );
-    for id in ["web-7001", "web-7002"] {
-        let o = shop.hq.order(id).await?;
-        assert_eq!(o["status"], "expired", "{o}");
-        assert!(conflict_kinds(&o).is_empty(), "{o}");
-    }
-    assert_eq!(shop.stock(&shop.a).await?, (100, 0), "both released");
+    let confirmed = shop
+        .hq
+        .wait_until("web-7002", "the store's expiry to reach HQ", WAIT, |o| {
+            hq_history(o).contains(&"expired/store".to_string())
+        })
+        .await?;
+    assert_eq!(confirmed["status"], "expired", "{confirmed}");
+    assert!(conflict_kinds(&confirmed).is_empty(), "{confirmed}");
+    assert_eq!(hq_history_count(&confirmed, "collected"), 0);
+    assert_eq!(shop.stock(&shop.a).await?, (100, 0), "released once");
     shop.close().await
 }
 
