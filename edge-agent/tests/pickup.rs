@@ -1565,3 +1565,173 @@ async fn the_ledger_writer_lets_exactly_one_of_many_redeems_through() {
     assert_eq!(s.stock(gtin(1)).await, 9);
     s.finish().await;
 }
+
+/// The real binary, killed with SIGKILL right after a redeem answered: the restarted agent
+/// still refuses a second redeem with who and when, read from the ledger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collection_survives_kill_9_of_the_real_process() {
+    let (hub, url) = common::hub::start().await;
+    let now = UtcMillis::now().0;
+    let order = PickupOrder {
+        order_id: OrderId::parse("web-k9").unwrap(),
+        lines: vec![PickupOrderLine {
+            gtin: gtin(2),
+            qty: 1,
+            name: String::new(),
+        }],
+        placed_at: UtcMillis(now - HOUR),
+        pickup_by: UtcMillis(now + HOUR),
+        expires_at: UtcMillis(now + 24 * HOUR),
+        code_digest: code_digest(&store(), &FallbackCode::from_bits([9; 5])),
+        key_id: 1,
+    };
+    hub.push_change(ChangeBody::PickupKey(PickupKey::of(
+        1,
+        &hub_key().verifying_key(),
+    )));
+    hub.push_change(ChangeBody::PickupOrder(order.clone()));
+    let qr = PickupClaims {
+        order: order.order_id.clone(),
+        store: store(),
+        issued_at: order.placed_at,
+        expires_at: order.expires_at,
+        key_id: 1,
+    }
+    .sign(&hub_key());
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut cfg = config(&dir.path().join("data"));
+    cfg.hub_url = url;
+    cfg.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    let cfg_path = dir.path().join("agent.toml");
+    std::fs::write(&cfg_path, toml::to_string(&cfg).unwrap()).unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let spawn = || {
+        Killed(
+            std::process::Command::new(env!("CARGO_BIN_EXE_aisle-agent"))
+                .arg("run")
+                .arg("--config")
+                .arg(&cfg_path)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let http = reqwest::Client::new();
+    let sign_in = async |http: &reqwest::Client| -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = http
+                .post(format!("{base}/v1/staff/sign-in"))
+                .json(&json!({ "pin": "1234" }))
+                .send()
+                .await
+                && r.status() == StatusCode::OK
+            {
+                let v: Value = r.json().await.unwrap();
+                return v["token"].as_str().unwrap().to_string();
+            }
+            assert!(Instant::now() < deadline, "the agent did not come up");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let post = async |http: &reqwest::Client, token: &str, path: &str, body: Value| {
+        let r = http
+            .post(format!("{base}{path}"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.json::<Value>().await.unwrap())
+    };
+
+    let child = spawn();
+    let ana = sign_in(&http).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (st, _) = post(&http, &ana, "/v1/pickups/web-k9/pick", json!({})).await;
+        if st == StatusCode::OK {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the order never arrived: {st}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (st, v) = post(
+        &http,
+        &ana,
+        "/v1/pickups/web-k9/ready",
+        json!({ "location": "B2" }),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let (st, v) = post(
+        &http,
+        &ana,
+        "/v1/pickups/redeem",
+        json!({ "qr": qr, "device": "counter-1" }),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let collected_at = v["order"]["collected"]["at"].clone();
+    // SIGKILL at once: no shutdown, nothing flushed but what was committed.
+    child.kill_now();
+
+    let http = reqwest::Client::new();
+    let child = spawn();
+    let bo = async {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = http
+                .post(format!("{base}/v1/staff/sign-in"))
+                .json(&json!({ "pin": "5678" }))
+                .send()
+                .await
+                && r.status() == StatusCode::OK
+            {
+                let v: Value = r.json().await.unwrap();
+                break v["token"].as_str().unwrap().to_string();
+            }
+            assert!(Instant::now() < deadline, "the agent did not come back");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    .await;
+    let (st, v) = post(
+        &http,
+        &bo,
+        "/v1/pickups/redeem",
+        json!({ "qr": qr, "device": "counter-2" }),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CONFLICT, "{v}");
+    assert_eq!(v["error"], "already_collected");
+    assert_eq!(v["collected_by"], "Ana");
+    assert_eq!(v["device"], "counter-1");
+    assert_eq!(v["collected_at"], collected_at);
+    child.kill_now();
+    let report = verify(&dir.path().join("data")).unwrap();
+    assert_eq!(report.pickup_orders, 1);
+}
+
+/// A child process killed with SIGKILL when dropped (a failing test leaves no agent behind).
+struct Killed(std::process::Child);
+
+impl Killed {
+    fn kill_now(mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
