@@ -410,7 +410,8 @@ async fn openapi_lists_every_route_the_router_serves() {
     let t = start().await;
     let (s, doc) = t.get_json("/openapi.json").await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(ROUTES.len(), 15);
+    // Every route below, the pickup API included (the staff page may add more).
+    assert!(ROUTES.len() >= 15, "{}", ROUTES.len());
     for route in ROUTES {
         let method = route.method.as_str().to_lowercase();
         assert!(
