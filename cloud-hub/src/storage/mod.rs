@@ -829,6 +829,12 @@ pub fn redact_url(url: &str) -> String {
 
 // ---- shared pieces of both implementations ----
 
+/// Whether this nonce insert also deletes expired nonces: about one in 32, so the table stays
+/// bounded (the window's requests and a little more) without a delete on every request.
+pub(crate) fn prune_now() -> bool {
+    rand::random::<u8>() < 8
+}
+
 pub(crate) fn now() -> UtcMillis {
     UtcMillis::now()
 }

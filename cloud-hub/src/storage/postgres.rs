@@ -1216,8 +1216,8 @@ impl HubStorage for PgStorage {
         expires_at: UtcMillis,
         now: UtcMillis,
     ) -> Result<bool, StorageError> {
-        postgres_security::remember_nonce(&self.client().await?, gateway, nonce, expires_at, now)
-            .await
+        let mut client = self.client().await?;
+        postgres_security::remember_nonce(&mut client, gateway, nonce, expires_at, now).await
     }
 
     async fn list_gateways(&self) -> Result<Vec<GatewayInfo>, StorageError> {

@@ -12,6 +12,7 @@ use serde_json::json;
 use tokio_postgres::Row;
 
 use super::postgres::require_store;
+use super::prune_now;
 use super::{
     GatewayCredential, StorageError, encode_json, parse_gateway_id, parse_store_id, to_i64, to_u64,
 };
@@ -398,19 +399,28 @@ pub(super) async fn gateway_key<C: GenericClient>(
     .transpose()
 }
 
-pub(super) async fn remember_nonce<C: GenericClient>(
-    c: &C,
+/// Nonces are written with `synchronous_commit` off (for this transaction only): a commit then
+/// waits for no WAL flush. PostgreSQL still applies it atomically and in order; a crash of the
+/// database server may forget the last few hundred milliseconds of nonces, which a replay
+/// could then reuse only within the remaining clock window of those very requests.
+pub(super) async fn remember_nonce(
+    client: &mut deadpool_postgres::Object,
     gateway: &GatewayId,
     nonce: &str,
     expires_at: UtcMillis,
     now: UtcMillis,
 ) -> Result<bool, StorageError> {
-    c.execute(
-        "DELETE FROM gateway_nonces WHERE expires_at < $1",
-        &[&now.0],
-    )
-    .await?;
-    let n = c
+    let tx = client.transaction().await?;
+    tx.batch_execute("SET LOCAL synchronous_commit TO OFF")
+        .await?;
+    if prune_now() {
+        tx.execute(
+            "DELETE FROM gateway_nonces WHERE expires_at < $1",
+            &[&now.0],
+        )
+        .await?;
+    }
+    let n = tx
         .execute(
             "INSERT INTO gateway_nonces (gateway_id, nonce, expires_at) VALUES ($1, $2, $3)
              ON CONFLICT (gateway_id, nonce) DO NOTHING",
@@ -421,6 +431,7 @@ pub(super) async fn remember_nonce<C: GenericClient>(
             ],
         )
         .await?;
+    tx.commit().await?;
     Ok(n == 1)
 }
 

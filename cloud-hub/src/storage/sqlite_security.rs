@@ -6,6 +6,7 @@ use aisle_protocol::{GatewayId, UtcMillis};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::json;
 
+use super::prune_now;
 use super::sqlite::{immediate, require_store};
 use super::{
     GatewayCredential, StorageError, encode_json, parse_gateway_id, parse_store_id, to_i64, to_u64,
@@ -398,7 +399,9 @@ pub(super) fn remember_nonce(
     now: UtcMillis,
 ) -> Result<bool, StorageError> {
     let tx = immediate(conn)?;
-    tx.execute("DELETE FROM gateway_nonces WHERE expires_at < ?1", [now.0])?;
+    if prune_now() {
+        tx.execute("DELETE FROM gateway_nonces WHERE expires_at < ?1", [now.0])?;
+    }
     let n = tx.execute(
         "INSERT INTO gateway_nonces (gateway_id, nonce, expires_at) VALUES (?1, ?2, ?3)
          ON CONFLICT (gateway_id, nonce) DO NOTHING",
