@@ -109,6 +109,10 @@ async fn apply(ctx: &SyncContext, ans: Answer<ChangePage>) -> Result<bool, Strin
             ignored = outcome.ignored_prices + outcome.ignored_adjustments,
             activated = outcome.activated,
             adjusted = outcome.adjusted,
+            pickup_orders = outcome.pickup_orders,
+            pickup_cancels = outcome.pickup_cancels,
+            pickup_keys = outcome.pickup_keys,
+            ignored_pickups = outcome.ignored_pickups,
             "applied changes from the hub"
         );
     }
