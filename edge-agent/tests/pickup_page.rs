@@ -47,6 +47,8 @@ const PIN: &str = "2468";
 /// The order due first (picked and handed over) and one due later (stays in the queue).
 const SOON: &str = "web-2002";
 const LATER: &str = "web-1001";
+/// Arrives while the page shows the queue.
+const NEW: &str = "web-3003";
 const DEVICE: &str = "counter-1";
 const LOCATION: &str = "Shelf B3";
 /// A product name that would be markup if the page ever put data in the DOM as HTML.
@@ -368,8 +370,21 @@ async fn start_chromedriver() -> Chromedriver {
     d
 }
 
-/// A headless Chromium with a 390x844 phone viewport.
+/// The viewport: a 390x844 phone, or `AISLE_PICKUP_VIEWPORT=820x1180` (say) to look at the
+/// screens at tablet size.
+fn viewport() -> (u32, u32) {
+    std::env::var("AISLE_PICKUP_VIEWPORT")
+        .ok()
+        .and_then(|v| {
+            let (w, h) = v.split_once('x')?;
+            Some((w.parse().ok()?, h.parse().ok()?))
+        })
+        .unwrap_or((390, 844))
+}
+
+/// A headless Chromium with the [`viewport`].
 async fn open_browser(driver: &Chromedriver, profile: &std::path::Path) -> Client {
+    let (width, height) = viewport();
     let chromium = binary("CHROMIUM", "/usr/bin/chromium");
     assert!(
         chromium.is_file(),
@@ -390,11 +405,11 @@ async fn open_browser(driver: &Chromedriver, profile: &std::path::Path) -> Clien
                 "--no-first-run",
                 "--disable-extensions",
                 "--lang=en-US",
-                "--window-size=390,844",
+                format!("--window-size={width},{height}"),
                 format!("--user-data-dir={}", profile.display()),
             ],
             "mobileEmulation": {
-                "deviceMetrics": { "width": 390, "height": 844, "pixelRatio": 2.0, "touch": true }
+                "deviceMetrics": { "width": width, "height": height, "pixelRatio": 2.0, "touch": true }
             }
         }),
     );
@@ -486,7 +501,7 @@ async fn staff_flow(c: &Client, s: &Store) -> anyhow::Result<()> {
     c.goto(&format!("{}/pickup", s.base)).await?;
     ensure!(c.title().await? == "Aisle pickup");
     let width = c.execute("return window.innerWidth", vec![]).await?;
-    ensure!(width == json!(390), "phone viewport, got width {width}");
+    ensure!(width == json!(viewport().0), "viewport width {width}");
 
     // 1. A wrong PIN is refused and the page stays on sign-in.
     type_into(c, "#pin", "1111").await?;
@@ -627,8 +642,26 @@ async fn staff_flow(c: &Client, s: &Store) -> anyhow::Result<()> {
         "{o}"
     );
 
-    // 8. The QR scanned again (a scanner types it and presses Enter, focus wherever it is):
-    // refused in plain words, who and where.
+    // 8. Refusals in plain words: a code no order has, an altered QR; then the QR scanned again
+    // (a scanner types it and presses Enter, wherever the focus is): who, when and where.
+    type_into(c, "#scan-input", &format!("ZZZZ-ZZZ9{ENTER}")).await?;
+    wait_text(c, "#verdict", &["DO NOT HAND OVER"]).await?;
+    wait_text(
+        c,
+        "#refusal-reason",
+        &["No order at this store has this code."],
+    )
+    .await?;
+    // One character of the signed claims changed (the prefix `AISLE1.` is 7 characters).
+    let mut altered = s.qr.clone();
+    let swap = if altered.as_bytes()[10] == b'A' {
+        "B"
+    } else {
+        "A"
+    };
+    altered.replace_range(10..11, swap);
+    type_into(c, "#scan-input", &format!("{altered}{ENTER}")).await?;
+    wait_text(c, "#refusal-reason", &["not a valid pickup code"]).await?;
     click(c, "#scan-title").await?;
     let focused = c.active_element().await?;
     ensure!(focused.attr("id").await?.as_deref() == Some("scan-title"));
@@ -669,7 +702,18 @@ async fn staff_flow(c: &Client, s: &Store) -> anyhow::Result<()> {
         .collect();
     ensure!(ids == [LATER], "{open}");
 
-    // 10. Sign out: back to sign-in, and the API no longer takes the page's cookie.
+    // 10. A new order from HQ shows up in the queue by itself (the page polls every few seconds).
+    let code = FallbackCode::from_bits([0x77, 0x66, 0x55, 0x44, 0x33]);
+    s.hub.push(ChangeBody::PickupOrder(order(
+        NEW,
+        60,
+        &[(6, 3, "Sesame oil 200ml")],
+        &code,
+    )));
+    wait_text(c, "#q-list", &[NEW, LATER]).await?;
+    wait_text(c, "#nav-queue", &["Queue (2)"]).await?;
+
+    // 11. Sign out: back to sign-in, and the API no longer takes the page's cookie.
     click(c, "#sign-out").await?;
     wait_text(c, "#signin-msg", &["Signed out"]).await?;
     let status = c
@@ -710,6 +754,7 @@ async fn staff_pick_ready_and_hand_over_in_headless_chromium() {
         "pickup_picking",
         "pickup_ready",
         "pickup_collected",
+        "pickup_received",
     ];
     loop {
         let kinds = store.hub.uploaded_kinds();
