@@ -1735,3 +1735,64 @@ impl Drop for Killed {
         let _ = self.0.wait();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_pickup_change_refuses_its_page_and_keeps_the_cursor() {
+    let mut s = Store::start().await;
+    let ledger = s.agent().ledger().clone();
+    let cursor = ledger.view().cursor;
+    let last_seq = ledger.view().last_seq;
+    let (good, _) = order("web-1700", &[(1, 1)], 17);
+    let ChangeBody::PickupOrder(mut bad) = good.clone() else {
+        panic!("not an order")
+    };
+    bad.code_digest = "not hex".into();
+    let bad_key = PickupKey {
+        key_id: 2,
+        public_key: "zz".repeat(32),
+    };
+    let mut times = bad.clone();
+    times.code_digest = "ab".repeat(32);
+    times.expires_at = UtcMillis(T0 - 10 * HOUR);
+    let mut empty = times.clone();
+    empty.expires_at = UtcMillis(EXPIRES);
+    empty.lines.clear();
+    for body in [
+        ChangeBody::PickupOrder(bad),
+        ChangeBody::PickupKey(bad_key),
+        ChangeBody::PickupOrder(times),
+        ChangeBody::PickupOrder(empty),
+    ] {
+        let page = vec![
+            Change {
+                seq: 90,
+                body: good.clone(),
+            },
+            Change { seq: 91, body },
+        ];
+        let e = ledger
+            .apply_changes(page, Some(91), None)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("hub seq 91"), "{e}");
+        // Nothing of the page was applied, not even its good order, and the cursor stayed.
+        assert_eq!(ledger.view().cursor, cursor);
+        assert_eq!(ledger.view().last_seq, last_seq);
+        assert!(
+            ledger
+                .pickup_order(OrderId::parse("web-1700").unwrap())
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+    s.deliver(vec![good]).await;
+    assert!(
+        ledger
+            .pickup_order(OrderId::parse("web-1700").unwrap())
+            .await
+            .unwrap()
+            .is_some()
+    );
+    s.finish().await;
+}
