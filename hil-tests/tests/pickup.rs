@@ -140,7 +140,19 @@ async fn happy_path_with_signed_deduplicable_webhooks() -> Result<()> {
         .await?;
     assert_eq!(shop.stock(&shop.a).await?, (100, 2), "reserved at HQ");
 
-    // The pickup API wants a signed-in session.
+    // The staff page is served by the agent itself (no WAN needed); the API wants a session.
+    let page = reqwest::get(format!("{}/pickup", shop.vs.agent.url())).await?;
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.headers()["content-type"]
+            .to_str()?
+            .starts_with("text/html")
+    );
+    let html = page.text().await?;
+    assert!(
+        html.contains("<html") && !html.contains("src=\"http"),
+        "one self-contained page"
+    );
     let anonymous = reqwest::get(format!("{}/v1/pickups", shop.vs.agent.url())).await?;
     assert_eq!(anonymous.status(), 401);
 
