@@ -106,6 +106,7 @@ impl HubServer {
             shutdown: shutdown_rx.clone(),
             webhooks: webhooks.clone(),
             tls_fingerprint: self.tls.as_ref().map(|t| t.fingerprint().to_owned()),
+            gateway_keys: Arc::new(api::signed::KeyCache::default()),
         };
         let worker = pickup::webhook::WebhookWorker::new(
             self.storage.clone(),

@@ -55,6 +55,8 @@ pub struct AppState {
     pub webhooks: Arc<tokio::sync::Notify>,
     /// SHA-256 of the served TLS certificate (hex), `None` when serving plain HTTP.
     pub tls_fingerprint: Option<String>,
+    /// Enrolled gateways' keys (see [`signed`]).
+    pub gateway_keys: Arc<signed::KeyCache>,
 }
 
 /// An API failure; the only place errors become HTTP status codes.

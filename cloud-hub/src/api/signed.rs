@@ -6,19 +6,57 @@
 //! [`Caller`](super::Caller) trusts. Requests without the header pass untouched (bearer
 //! credentials, as before). Checks run cheapest first; the nonce is recorded only for a valid
 //! signature, so nobody but the gateway can fill its nonce table.
+//!
+//! An enrolled gateway's id, store and public key never change (enrolling again makes a new
+//! gateway), so each hub process caches them ([`KeyCache`]); whether the gateway is revoked is
+//! asked of the database on every request, in the statement that records the nonce, so a
+//! revocation by any hub process takes effect on the next request. A signed request costs one
+//! small write and no extra read.
 use aisle_protocol::auth::{
     GATEWAY_HEADER, MAX_CLOCK_SKEW_MS, NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER,
     check_clock, check_nonce, parse_public_key_hex, parse_timestamp, verify_request,
 };
 use aisle_protocol::sync::{MAX_BODY_BYTES, path};
-use aisle_protocol::{GatewayId, UtcMillis};
+use std::collections::HashMap;
+use std::sync::PoisonError;
+
+use aisle_protocol::{GatewayId, StoreId, UtcMillis};
 use axum::extract::{Request, State};
 use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use ed25519_dalek::VerifyingKey;
 
 use super::{ApiError, AppState, MAX_SMALL_BODY_BYTES, SignedGateway};
+use crate::security::NonceOutcome;
 use crate::storage::AuthenticatedGateway;
+
+/// Most keys one process caches; beyond it the cache starts again (they are reloaded on use).
+const MAX_CACHED_KEYS: usize = 100_000;
+
+/// Enrolled gateways' stores and public keys, as loaded from the database.
+#[derive(Debug, Default)]
+pub struct KeyCache {
+    keys: std::sync::Mutex<HashMap<GatewayId, (StoreId, VerifyingKey)>>,
+}
+
+impl KeyCache {
+    fn get(&self, id: &GatewayId) -> Option<(StoreId, VerifyingKey)> {
+        self.keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .cloned()
+    }
+
+    fn put(&self, id: GatewayId, store: StoreId, key: VerifyingKey) {
+        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        if keys.len() >= MAX_CACHED_KEYS {
+            keys.clear();
+        }
+        keys.insert(id, (store, key));
+    }
+}
 
 /// The middleware: verifies signed requests, leaves the others alone.
 pub async fn verify(State(state): State<AppState>, req: Request, next: Next) -> Response {
@@ -57,20 +95,29 @@ async fn check(state: &AppState, req: Request) -> Result<Request, ApiError> {
     let signature = header(&parts, SIGNATURE_HEADER)?.to_owned();
     let now = UtcMillis::now();
     check_clock(timestamp, now).map_err(|e| ApiError::ClockSkew(e.to_string()))?;
-    let key = state.storage.gateway_key(&gateway).await?.ok_or_else(|| {
-        ApiError::Unauthorized(format!(
-            "gateway {gateway} is not enrolled with a key; enrol it or use its credential"
-        ))
-    })?;
-    if key.revoked {
-        return Err(ApiError::Unauthorized(format!(
-            "gateway {gateway} was revoked; enrol it again"
-        )));
-    }
-    let public = parse_public_key_hex(&key.public_key).map_err(|e| {
-        tracing::error!(%gateway, error = %e, "stored gateway key does not parse");
-        ApiError::Internal
-    })?;
+    let revoked =
+        || ApiError::Unauthorized(format!("gateway {gateway} was revoked; enrol it again"));
+    let (store, public) = match state.gateway_keys.get(&gateway) {
+        Some(known) => known,
+        None => {
+            let key = state.storage.gateway_key(&gateway).await?.ok_or_else(|| {
+                ApiError::Unauthorized(format!(
+                    "gateway {gateway} is not enrolled with a key; enrol it or use its credential"
+                ))
+            })?;
+            if key.revoked {
+                return Err(revoked());
+            }
+            let public = parse_public_key_hex(&key.public_key).map_err(|e| {
+                tracing::error!(%gateway, error = %e, "stored gateway key does not parse");
+                ApiError::Internal
+            })?;
+            state
+                .gateway_keys
+                .put(gateway.clone(), key.store.clone(), public);
+            (key.store, public)
+        }
+    };
     // The same bounds as the routes': uploads may be large, everything a gateway may call
     // besides takes a small body at most.
     let limit = if parts.uri.path() == path::EVENTS {
@@ -98,18 +145,22 @@ async fn check(state: &AppState, req: Request) -> Result<Request, ApiError> {
     )
     .map_err(unauthorized)?;
     let expires_at = timestamp.saturating_add_ms(MAX_CLOCK_SKEW_MS);
-    if !state
+    match state
         .storage
         .remember_nonce(&gateway, &nonce, expires_at, now)
         .await?
     {
-        return Err(ApiError::Replayed(format!(
-            "replayed: gateway {gateway} already sent a request with this nonce; sign each request with a fresh nonce"
-        )));
+        NonceOutcome::Fresh => {}
+        NonceOutcome::Replayed => {
+            return Err(ApiError::Replayed(format!(
+                "replayed: gateway {gateway} already sent a request with this nonce; sign each request with a fresh nonce"
+            )));
+        }
+        NonceOutcome::Revoked => return Err(revoked()),
     }
     parts.extensions.insert(SignedGateway(AuthenticatedGateway {
         gateway_id: gateway,
-        store: key.store,
+        store,
     }));
     Ok(Request::from_parts(parts, axum::body::Body::from(bytes)))
 }

@@ -394,6 +394,17 @@ pub struct GatewayKey {
     pub revoked: bool,
 }
 
+/// What recording a signed request's nonce found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NonceOutcome {
+    /// New: recorded.
+    Fresh,
+    /// The gateway sent this nonce before.
+    Replayed,
+    /// The gateway is revoked (nothing recorded).
+    Revoked,
+}
+
 /// A gateway as `gateway list` shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GatewayInfo {

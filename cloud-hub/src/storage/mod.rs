@@ -32,8 +32,8 @@ use crate::pickup::{
 use crate::price_batch::PriceBatch;
 use crate::security::{
     AUDIT_GENESIS, Actor, ApiTokenInfo, AuditEntry, AuditInput, AuditVerification, EnrolAttempt,
-    EnrolRefusal, EnrolledGateway, GatewayInfo, GatewayKey, NewApiToken, NewEnrolment, Role,
-    verify_chain,
+    EnrolRefusal, EnrolledGateway, GatewayInfo, GatewayKey, NewApiToken, NewEnrolment,
+    NonceOutcome, Role, verify_chain,
 };
 
 pub mod postgres;
@@ -784,15 +784,16 @@ pub trait HubStorage: Send + Sync + fmt::Debug {
     /// The public key and store of an enrolled gateway.
     async fn gateway_key(&self, gateway: &GatewayId) -> Result<Option<GatewayKey>, StorageError>;
 
-    /// Records a signed request's nonce until `expires_at`; false when the gateway used it
-    /// before (a replay). Forgets nonces that expired before `now`.
+    /// Records a signed request's nonce until `expires_at` if the gateway is not revoked (in
+    /// the same statement); [`NonceOutcome::Replayed`] when the gateway used it before.
+    /// Now and then forgets nonces that expired before `now`.
     async fn remember_nonce(
         &self,
         gateway: &GatewayId,
         nonce: &str,
         expires_at: UtcMillis,
         now: UtcMillis,
-    ) -> Result<bool, StorageError>;
+    ) -> Result<NonceOutcome, StorageError>;
 
     /// Every gateway, by store then id.
     async fn list_gateways(&self) -> Result<Vec<GatewayInfo>, StorageError>;

@@ -39,7 +39,7 @@ use crate::pickup::{
 use crate::price_batch::{BatchStores, PriceBatch};
 use crate::security::{
     Actor, ApiTokenInfo, AuditEntry, AuditInput, EnrolAttempt, EnrolRefusal, EnrolledGateway,
-    GatewayInfo, GatewayKey, NewApiToken, NewEnrolment, Role, action,
+    GatewayInfo, GatewayKey, NewApiToken, NewEnrolment, NonceOutcome, Role, action,
 };
 
 const SCHEMA: &str = include_str!("schema_postgres.sql");
@@ -1215,7 +1215,7 @@ impl HubStorage for PgStorage {
         nonce: &str,
         expires_at: UtcMillis,
         now: UtcMillis,
-    ) -> Result<bool, StorageError> {
+    ) -> Result<NonceOutcome, StorageError> {
         let mut client = self.client().await?;
         postgres_security::remember_nonce(&mut client, gateway, nonce, expires_at, now).await
     }

@@ -18,7 +18,8 @@ use super::{
 };
 use crate::security::{
     AUDIT_GENESIS, Actor, ApiTokenInfo, AuditEntry, AuditInput, EnrolAttempt, EnrolRefusal,
-    EnrolledGateway, GatewayInfo, GatewayKey, NewApiToken, NewEnrolment, Role, action, audit_hash,
+    EnrolledGateway, GatewayInfo, GatewayKey, NewApiToken, NewEnrolment, NonceOutcome, Role,
+    action, audit_hash,
 };
 
 /// Advisory lock serialising appends to the audit chain.
@@ -409,7 +410,7 @@ pub(super) async fn remember_nonce(
     nonce: &str,
     expires_at: UtcMillis,
     now: UtcMillis,
-) -> Result<bool, StorageError> {
+) -> Result<NonceOutcome, StorageError> {
     let tx = client.transaction().await?;
     tx.batch_execute("SET LOCAL synchronous_commit TO OFF")
         .await?;
@@ -420,9 +421,13 @@ pub(super) async fn remember_nonce(
         )
         .await?;
     }
+    // Recorded only while the gateway is live: the revocation check and the nonce are one
+    // statement, so a revocation committed before it is always seen.
     let n = tx
         .execute(
-            "INSERT INTO gateway_nonces (gateway_id, nonce, expires_at) VALUES ($1, $2, $3)
+            "INSERT INTO gateway_nonces (gateway_id, nonce, expires_at)
+             SELECT $1, $2, $3 WHERE EXISTS (
+                 SELECT 1 FROM gateways WHERE gateway_id = $1 AND revoked_at IS NULL)
              ON CONFLICT (gateway_id, nonce) DO NOTHING",
             &[
                 &gateway.as_str(),
@@ -431,8 +436,25 @@ pub(super) async fn remember_nonce(
             ],
         )
         .await?;
+    let outcome = if n == 1 {
+        NonceOutcome::Fresh
+    } else {
+        let live: Option<bool> = tx
+            .query_opt(
+                "SELECT revoked_at IS NULL FROM gateways WHERE gateway_id = $1",
+                &[&gateway.as_str()],
+            )
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?;
+        if live == Some(true) {
+            NonceOutcome::Replayed
+        } else {
+            NonceOutcome::Revoked
+        }
+    };
     tx.commit().await?;
-    Ok(n == 1)
+    Ok(outcome)
 }
 
 pub(super) async fn list_gateways<C: GenericClient>(

@@ -35,7 +35,7 @@ use crate::pickup::{
 use crate::price_batch::PriceBatch;
 use crate::security::{
     Actor, ApiTokenInfo, AuditEntry, AuditInput, EnrolAttempt, EnrolRefusal, EnrolledGateway,
-    GatewayInfo, GatewayKey, NewApiToken, NewEnrolment, Role, action,
+    GatewayInfo, GatewayKey, NewApiToken, NewEnrolment, NonceOutcome, Role, action,
 };
 
 const SCHEMA: &str = include_str!("schema_sqlite.sql");
@@ -1294,7 +1294,7 @@ impl HubStorage for SqliteStorage {
         nonce: &str,
         expires_at: UtcMillis,
         now: UtcMillis,
-    ) -> Result<bool, StorageError> {
+    ) -> Result<NonceOutcome, StorageError> {
         let (gateway, nonce) = (gateway.clone(), nonce.to_owned());
         let mut conn = self.nonces.clone().lock_owned().await;
         tokio::task::spawn_blocking(move || {

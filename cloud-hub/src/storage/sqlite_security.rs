@@ -13,7 +13,8 @@ use super::{
 };
 use crate::security::{
     AUDIT_GENESIS, Actor, ApiTokenInfo, AuditEntry, AuditInput, EnrolAttempt, EnrolRefusal,
-    EnrolledGateway, GatewayInfo, GatewayKey, NewApiToken, NewEnrolment, Role, action, audit_hash,
+    EnrolledGateway, GatewayInfo, GatewayKey, NewApiToken, NewEnrolment, NonceOutcome, Role,
+    action, audit_hash,
 };
 
 /// Appends `entry` to the audit log inside the caller's transaction.
@@ -397,13 +398,17 @@ pub(super) fn remember_nonce(
     nonce: &str,
     expires_at: UtcMillis,
     now: UtcMillis,
-) -> Result<bool, StorageError> {
+) -> Result<NonceOutcome, StorageError> {
     let tx = immediate(conn)?;
     if prune_now() {
         tx.execute("DELETE FROM gateway_nonces WHERE expires_at < ?1", [now.0])?;
     }
+    // Recorded only while the gateway is live: the revocation check and the nonce are one
+    // statement, so a revocation committed before it is always seen.
     let n = tx.execute(
-        "INSERT INTO gateway_nonces (gateway_id, nonce, expires_at) VALUES (?1, ?2, ?3)
+        "INSERT INTO gateway_nonces (gateway_id, nonce, expires_at)
+         SELECT ?1, ?2, ?3 WHERE EXISTS (
+             SELECT 1 FROM gateways WHERE gateway_id = ?1 AND revoked_at IS NULL)
          ON CONFLICT (gateway_id, nonce) DO NOTHING",
         params![
             gateway.as_str(),
@@ -411,8 +416,24 @@ pub(super) fn remember_nonce(
             expires_at.0.max(now.0.saturating_add(MAX_CLOCK_SKEW_MS))
         ],
     )?;
+    let outcome = if n == 1 {
+        NonceOutcome::Fresh
+    } else {
+        let live: Option<bool> = tx
+            .query_row(
+                "SELECT revoked_at IS NULL FROM gateways WHERE gateway_id = ?1",
+                [gateway.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if live == Some(true) {
+            NonceOutcome::Replayed
+        } else {
+            NonceOutcome::Revoked
+        }
+    };
     tx.commit()?;
-    Ok(n == 1)
+    Ok(outcome)
 }
 
 pub(super) fn list_gateways(conn: &mut Connection) -> Result<Vec<GatewayInfo>, StorageError> {
