@@ -11,6 +11,10 @@
 //! cameras ─MQTT─> footfall::mqtt ─┐    │
 //! cameras ─HTTP─> api ────────────┴─> footfall ingest ── one Footfall command per batch
 //!                                      (snapshot + closed intervals; acks/answers after commit)
+//! staff ──HTTP──> api (PIN sign-in, sessions, rate limits: pickup/) ──> pick / ready / redeem
+//!                                      (decided by the writer; redeem answers after
+//!                                       PickupCollected committed)
+//! pickup::sweeper ─────────────────────> PickupExpired at expires_at (hub-corrected)
 //! ```
 //! The agent meets the hub only through `aisle-protocol` and HTTP.
 use std::net::SocketAddr;
