@@ -994,6 +994,61 @@ async fn audit_log(db: Db) {
 }
 both!(audit_log);
 
+/// Two hub processes on one database agree: a request replayed to the other process is
+/// refused, and a revocation made through one is seen by the other on the next request (even
+/// though that one has the gateway's key cached).
+async fn hub_processes_agree(db: Db) {
+    let env = env(db).await;
+    let other = HubServer::new(
+        storage::open(&env.db_url).await.unwrap(),
+        HqToken::new(HQ).unwrap(),
+    )
+    .start("127.0.0.1:0".parse().unwrap())
+    .await
+    .unwrap();
+    let (gw, key) = env.enrolled("S001").await;
+    let path = "/v1/sync/changes?after=0";
+    let at = UtcMillis::now();
+    let n = nonce();
+    let send = |base: String, n: String| {
+        let h = sign_request(&key, &gw, "GET", path, at, &n, b"").unwrap();
+        let mut r = env
+            .http
+            .get(format!("{base}{path}"))
+            .header(PROTOCOL_HEADER, "1");
+        for (k, v) in h.pairs() {
+            r = r.header(k, v);
+        }
+        r.send()
+    };
+    assert_eq!(
+        send(env.base.clone(), n.clone()).await.unwrap().status(),
+        StatusCode::OK
+    );
+    let (status, err) = error_of(send(other.base_url(), n).await.unwrap()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(err.error, "replayed");
+    // The first process has the key cached now; revoke through the other.
+    assert_eq!(
+        send(env.base.clone(), nonce()).await.unwrap().status(),
+        StatusCode::OK
+    );
+    let res = env
+        .http
+        .post(format!("{}/v1/gateways/{gw}/revoke", other.base_url()))
+        .bearer_auth(HQ)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let (status, err) = error_of(send(env.base.clone(), nonce()).await.unwrap()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(err.message.contains("revoked"), "{}", err.message);
+    other.shutdown().await.unwrap();
+    env.finish().await;
+}
+both!(hub_processes_agree);
+
 /// Audited writes from many tasks at once (several hub processes share one chain on
 /// PostgreSQL): every entry lands, in one unbroken chain.
 async fn audit_chain_under_concurrency(db: Db) {
