@@ -630,6 +630,13 @@ async fn staff_flow(c: &Client, s: &Store) -> anyhow::Result<()> {
         c.find_all(css("#result-box b")).await?.is_empty(),
         "markup in a name became HTML: {handed:?}"
     );
+    // The inline style ran under the page's CSP (allowed by its hash): the verdict is green.
+    let green = c
+        .find(css("#verdict"))
+        .await?
+        .css_value("background-color")
+        .await?;
+    ensure!(green.contains("11, 107, 47"), "verdict background {green}");
     shot(c, "handover").await?;
     let o = s.order(SOON).await;
     ensure!(o["status"] == "partially_collected", "{o}");
