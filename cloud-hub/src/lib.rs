@@ -5,6 +5,14 @@
 //! click-and-collect for HQ's order system ([`pickup`]): orders, pickup tokens, the stores'
 //! progress, expiry and signed webhooks.
 //!
+//! Who may do what ([`security`]): HQ tokens carry a role (pricing, orders, admin; the
+//! `AISLE_HQ_TOKEN` env token is the bootstrap admin), gateways use a bearer credential or,
+//! once enrolled with a one-time code, sign every request with their own Ed25519 key
+//! (`aisle_protocol::auth`; clock window and nonces in the database). Privileged actions are
+//! written to an append-only, hash-chained audit log in the transaction that makes them. The
+//! hub serves HTTPS with rustls when given a certificate (`aisle-hub tls init` makes a private
+//! CA).
+//!
 //! Run it in-process (tests, benches) with [`serve`] or [`HubServer`]; the `aisle-hub` binary is
 //! a thin CLI over this library.
 use std::net::SocketAddr;

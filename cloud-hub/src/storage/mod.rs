@@ -11,6 +11,10 @@
 //!   id: replays change nothing.
 //! - Pickup orders move only through [`crate::pickup::machine`], with their status history,
 //!   stock, conflicts and webhook outbox rows written in the same transaction as the cause.
+//! - The audit log is append-only (triggers refuse UPDATE and DELETE) and hash-chained; an
+//!   audited database change writes its entry in its own transaction, as the last step (on
+//!   PostgreSQL under `AUDIT_LOCK`, always the last lock taken). Secrets (tokens, enrolment
+//!   codes, gateway secrets) are stored only as SHA-256.
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
