@@ -5,6 +5,7 @@
 //! against real hardware later.
 pub mod bench;
 pub mod camera_sim;
+pub mod esl_sim;
 pub mod footfall;
 pub mod harness;
 pub mod mqtt;

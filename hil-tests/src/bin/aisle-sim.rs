@@ -3,7 +3,15 @@
 //! `aisle-sim camera --vendor axis --store S001 --camera door-1 --mqtt 127.0.0.1:1883` publishes
 //! what a real people counter publishes, and reads commands from stdin, one per line:
 //! `walk N`, `reset`, `dup`, `silence SECS`, `skew MS`, `quit`.
+//!
+//! `aisle-sim esl --tags 8 --png-dir labels` runs a shelf-label access point with 8 tags behind
+//! a pseudo-terminal and prints its path for the gateway's serial driver; commands on stdin:
+//! `stats`, `tags`, `loss P`, `lose N`, `offline ADDR`, `online ADDR`, `quit`.
+use std::path::PathBuf;
 use std::time::Duration;
+
+use aisle_hil::esl_sim::{self, EslSim, EslSimConfig};
+use aisle_protocol::esl::{ApId, LabelId};
 
 use aisle_hil::camera_sim::{
     CameraProfile, CameraSim, Command, DEFAULT_TOPIC_PREFIX, HikvisionMethod, SimConfig, Transport,
@@ -14,7 +22,7 @@ use clap::{Parser, Subcommand};
 use tokio::sync::mpsc;
 
 #[derive(Parser, Debug)]
-#[command(about = "Simulated store devices (people-counting cameras)")]
+#[command(about = "Simulated store devices (people-counting cameras, shelf labels)")]
 struct Args {
     #[command(subcommand)]
     device: Device,
@@ -27,6 +35,71 @@ enum Device {
     /// last message again), `silence SECS` (send nothing; over MQTT drop the connection so the
     /// broker fires the last will), `skew MS` (camera clock off by MS), `quit`.
     Camera(CameraArgs),
+    /// A shelf-label access point with simulated tags (the real tag firmware) behind a
+    /// pseudo-terminal; prints the path to open. Commands on stdin, one per line: `stats`,
+    /// `tags`, `loss P` (radio loss probability), `lose N` (lose the next N radio frames),
+    /// `offline ADDR` / `online ADDR` (a tag out of range and back), `quit`.
+    Esl(EslArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct EslArgs {
+    /// Number of tags, at consecutive addresses from --first-label.
+    #[arg(long, default_value_t = 4)]
+    tags: usize,
+    /// The first tag's address (8 hex digits, as printed on its barcode).
+    #[arg(long, default_value = "00A10001")]
+    first_label: String,
+    /// bw290, bwr290, bw420 or bwr420.
+    #[arg(long, default_value = "bw290")]
+    panel: String,
+    /// Simulated radio rate: a frame of L bytes takes L/rate seconds (0: no limit).
+    #[arg(long, default_value_t = 5_000)]
+    radio_bytes_per_s: u32,
+    /// Tags wake and listen this often; frames for a tag wait for its next check-in.
+    #[arg(long, default_value_t = 1_000)]
+    checkin_ms: u64,
+    /// Probability that a radio frame is lost, either way (the access point retries).
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
+    /// Seed for loss, check-in phases and sensor readings (default: random).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Write DIR/<ADDRESS>.png of a tag's screen after every refresh.
+    #[arg(long, value_name = "DIR")]
+    png_dir: Option<PathBuf>,
+    /// A frame not delivered to its tag by then is dropped and reported Expired.
+    #[arg(long, default_value_t = 30_000)]
+    expire_ms: u64,
+    /// The access point's address on the serial link (8 hex digits).
+    #[arg(long, default_value = "00A10A01")]
+    ap: String,
+    /// Tags report their status at least this often (0: only when something changed).
+    #[arg(long, default_value_t = 60)]
+    heartbeat_s: u64,
+}
+
+impl EslArgs {
+    fn config(&self) -> Result<EslSimConfig> {
+        let first =
+            LabelId::parse(&self.first_label).map_err(|e| anyhow::anyhow!("--first-label: {e}"))?;
+        let ap = u32::from_str_radix(&self.ap, 16)
+            .map_err(|e| anyhow::anyhow!("--ap: 8 hex digits: {e}"))?;
+        let config = EslSimConfig {
+            ap: ApId(ap),
+            panel: esl_sim::parse_panel(&self.panel)?,
+            radio_bytes_per_s: self.radio_bytes_per_s,
+            checkin: Duration::from_millis(self.checkin_ms),
+            loss: self.loss,
+            seed: self.seed.unwrap_or_else(rand::random),
+            png_dir: self.png_dir.clone(),
+            expire_after: Duration::from_millis(self.expire_ms),
+            heartbeat: (self.heartbeat_s > 0).then(|| Duration::from_secs(self.heartbeat_s)),
+            ..EslSimConfig::new(first, self.tags)
+        };
+        config.validate()?;
+        Ok(config)
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -188,10 +261,58 @@ async fn camera(args: CameraArgs) -> Result<()> {
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn esl(args: EslArgs) -> Result<()> {
+    let config = args.config()?;
+    let sim = EslSim::start(config.clone())?;
+    let first = config.labels.first().copied().unwrap_or(LabelId(0));
+    let last = config.labels.last().copied().unwrap_or(LabelId(0));
+    println!("{}", sim.path());
+    println!(
+        "access point {:08X}: {} {:?} tags {first}..{last}, check-in {} ms, radio {} B/s, loss {}, seed {}{}",
+        config.ap.0,
+        config.labels.len(),
+        config.panel,
+        args.checkin_ms,
+        config.radio_bytes_per_s,
+        config.loss,
+        config.seed,
+        config
+            .png_dir
+            .as_ref()
+            .map_or(String::new(), |d| format!(", screens in {}", d.display()))
+    );
+    println!("commands: stats | tags | loss P | lose N | offline ADDR | online ADDR | quit");
+    for line in std::io::stdin().lines() {
+        let Ok(line) = line else { break };
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        match line.parse::<esl_sim::Command>() {
+            Ok(esl_sim::Command::Quit) => {
+                println!("{:?}", sim.shutdown());
+                return Ok(());
+            }
+            Ok(command) => match sim.command(command) {
+                Ok(text) => println!("{text}"),
+                Err(e) => eprintln!("error: {e:#}"),
+            },
+            Err(e) => eprintln!("error: {e:#}"),
+        }
+    }
+    // stdin closed (started in the background): keep serving until killed.
+    loop {
+        std::thread::park();
+    }
+}
+
+fn main() -> Result<()> {
     let args = Args::parse();
     match args.device {
-        Device::Camera(c) => camera(c).await,
+        Device::Camera(c) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(camera(c)),
+        Device::Esl(e) => esl(e),
     }
 }
