@@ -9,6 +9,7 @@ use anyhow::Result;
 use serde_json::{Map, Value};
 
 pub mod catch_up;
+pub mod esl_bytes;
 pub mod footfall_ingest;
 pub mod ledger_append;
 pub mod reconnect;

@@ -14,13 +14,14 @@ const ALL: &[&str] = &[
     "reconnect",
     "footfall_ingest",
     "redeem",
+    "esl_bytes",
 ];
 
 #[derive(Parser, Debug)]
 #[command(about = "Aisle benchmarks, each beside its baseline measured in the same run")]
 struct Args {
     /// Benchmarks to run (default: all): ledger_append, catch_up, agent_rss, reconnect,
-    /// footfall_ingest, redeem.
+    /// footfall_ingest, redeem, esl_bytes.
     names: Vec<String>,
     /// Where report.json and report.md go.
     #[arg(long, default_value = "target/bench")]
@@ -73,6 +74,7 @@ async fn main() -> Result<()> {
                 bench::footfall_ingest::run(args.cameras, args.camera_messages).await?
             }
             "redeem" => bench::redeem::run(args.open_orders, args.redeems).await?,
+            "esl_bytes" => bench::esl_bytes::run()?,
             other => bail!("unknown benchmark {other}"),
         };
         results.insert(name.clone(), r);
