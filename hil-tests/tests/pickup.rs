@@ -313,8 +313,9 @@ async fn a_redeem_while_the_hub_is_down_stands_against_a_later_hq_cancel() -> Re
     shop.close().await
 }
 
-/// (b) HQ cancels and the cancellation reaches the store first: the redeem is refused
-/// (409 cancelled), by QR and by code, and HQ shows the store confirmed it.
+/// (b) HQ cancels and the cancellation reaches the store first; then the store goes offline and
+/// the shopper comes: the redeem is refused (409 cancelled), by QR and by code, and HQ shows the
+/// store confirmed the cancellation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_that_reached_the_store_first_refuses_the_redeem() -> Result<()> {
     let shop = Shop::open(Backend::Sqlite, HubSettings::default()).await?;
@@ -324,6 +325,7 @@ async fn a_cancel_that_reached_the_store_first_refuses_the_redeem() -> Result<()
     shop.counter
         .wait_status("web-3001", "cancelled", WAIT)
         .await?;
+    shop.vs.proxy.link_down();
 
     let (status, refused) = shop.counter.redeem_qr(qr(&placed), "counter-1").await?;
     assert_eq!(
@@ -336,6 +338,7 @@ async fn a_cancel_that_reached_the_store_first_refuses_the_redeem() -> Result<()
         (409, &Value::from("cancelled"))
     );
 
+    shop.vs.proxy.link_up();
     shop.vs.agent.api().wait_drained(WAIT).await?;
     let hq = shop
         .hq
@@ -381,6 +384,49 @@ async fn a_cancel_that_did_not_reach_the_offline_store_loses_to_its_redeem() -> 
     assert_eq!(conflict_kinds(&hq), ["collected_after_cancel"], "{hq}");
     assert_eq!(hq_history_count(&hq, "collected"), 1, "{hq}");
     assert_eq!(shop.stock(&shop.a).await?, (98, 0), "sold once");
+    shop.close().await
+}
+
+/// Staff could not find one product: ready with it missing, the shopper takes the rest. The
+/// store and HQ show the order partially collected, HQ sells only what was handed over and
+/// releases the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_pickup_sells_only_what_was_handed_over() -> Result<()> {
+    let shop = Shop::open(Backend::Sqlite, HubSettings::default()).await?;
+    let placed = shop.place("web-3201", None).await?;
+    let (status, refused) = shop
+        .counter
+        .ready("web-3201", "Shelf B3", &[&shop.a, &shop.b])
+        .await?;
+    assert_eq!(status, 422, "not every line may be missing: {refused}");
+    let (status, ready) = shop
+        .counter
+        .ready("web-3201", "Shelf B3", &[&shop.b])
+        .await?;
+    assert_eq!(status, 200, "{ready}");
+    let missing: Vec<(&str, bool)> = ready["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["gtin"].as_str().unwrap(), l["missing"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(missing, [(shop.a.as_str(), false), (shop.b.as_str(), true)]);
+    let (status, handed) = shop.counter.redeem_qr(qr(&placed), "counter-1").await?;
+    assert_eq!(status, 200, "{handed}");
+    assert_eq!(handed["order"]["status"], "partially_collected", "{handed}");
+    assert_eq!(handed["order"]["collected"]["partial"], true, "{handed}");
+
+    let hq = shop
+        .hq
+        .wait_status("web-3201", "partially_collected", WAIT)
+        .await?;
+    assert_eq!(hq_history_count(&hq, "partially_collected"), 1, "{hq}");
+    assert_eq!(shop.stock(&shop.a).await?, (98, 0), "sold");
+    assert_eq!(
+        shop.stock(&shop.b).await?,
+        (100, 0),
+        "missing: released, not sold"
+    );
     shop.close().await
 }
 
