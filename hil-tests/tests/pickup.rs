@@ -430,6 +430,69 @@ async fn a_partial_pickup_sells_only_what_was_handed_over() -> Result<()> {
     shop.close().await
 }
 
+/// The shopper comes before the order reached the store (its link was down since before HQ
+/// placed it): without the hub's pickup key the store cannot check the QR (503 no_key), the code
+/// names no order (404); once the link is back the same tokens work. With the key, a QR of an
+/// order the store has not received yet is 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shopper_before_the_order_reached_the_store_is_asked_to_wait() -> Result<()> {
+    let shop = Shop::open(Backend::Sqlite, HubSettings::default()).await?;
+    shop.vs.proxy.link_down();
+    let first = shop
+        .hq
+        .place(&order(
+            "web-1101",
+            "S001",
+            &[(&shop.a, 1)],
+            now_ms() + 2 * HOUR_MS,
+            None,
+        ))
+        .await?;
+    let (status, refused) = shop.counter.redeem_qr(qr(&first), "counter-1").await?;
+    assert_eq!((status, &refused["error"]), (503, &Value::from("no_key")));
+    let (status, refused) = shop.counter.redeem_code(code(&first), "counter-1").await?;
+    assert_eq!(status, 404, "{refused}");
+
+    shop.vs.proxy.link_up();
+    shop.counter
+        .wait_status("web-1101", "received", WAIT)
+        .await?;
+    shop.counter.pick_and_ready("web-1101", "Shelf C1").await?;
+    let (status, handed) = shop.counter.redeem_qr(qr(&first), "counter-1").await?;
+    assert_eq!(status, 200, "{handed}");
+
+    shop.vs.proxy.link_down();
+    let second = shop
+        .hq
+        .place(&order(
+            "web-1102",
+            "S001",
+            &[(&shop.a, 1)],
+            now_ms() + 2 * HOUR_MS,
+            None,
+        ))
+        .await?;
+    let (status, refused) = shop.counter.redeem_qr(qr(&second), "counter-1").await?;
+    assert_eq!(status, 404, "{refused}");
+    shop.vs.proxy.link_up();
+    shop.counter
+        .wait_status("web-1102", "received", WAIT)
+        .await?;
+    let (status, refused) = shop.counter.redeem_qr(qr(&second), "counter-1").await?;
+    assert_eq!(
+        (status, &refused["error"]),
+        (409, &Value::from("not_ready")),
+        "received, not picked yet"
+    );
+    shop.vs.agent.api().wait_drained(WAIT).await?;
+    let hq = shop.hq.wait_status("web-1101", "collected", WAIT).await?;
+    assert_eq!(hq_history_count(&hq, "collected"), 1, "{hq}");
+    shop.hq
+        .wait_status("web-1102", "sent_to_store", WAIT)
+        .await?;
+    shop.close().await
+}
+
 /// (c) Two or more counters scan the same order at the same moment: exactly one hands over,
 /// the others are told it was already collected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
