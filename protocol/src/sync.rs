@@ -24,6 +24,7 @@ use alloc::vec::Vec;
 
 use serde::{Deserialize, Serialize};
 
+use crate::esl::LabelId;
 use crate::{BatchId, EventId, Gtin, Hlc, Money, OrderId, SaleId, UtcMillis};
 
 /// The protocol version this build speaks.
@@ -222,6 +223,31 @@ pub enum EventBody {
     },
     /// The order passed its expiry uncollected (store's hub-corrected time).
     PickupExpired { order_id: OrderId },
+    /// A technician bound a shelf label to a product at a shelf position (replacing any
+    /// earlier binding of that label).
+    LabelBound {
+        label: LabelId,
+        gtin: Gtin,
+        shelf: String,
+    },
+    /// A shelf label was taken off the shelf: it shows no product's price any more.
+    LabelUnbound { label: LabelId },
+    /// The label confirmed (by its content hash) that it shows price `version` of `gtin`.
+    LabelConfirmed {
+        label: LabelId,
+        gtin: Gtin,
+        version: u64,
+        batch_id: BatchId,
+    },
+    /// "Label not updated": the label did not confirm price `version` of `gtin` before the
+    /// store's deadline. The store keeps trying; a later `LabelConfirmed` clears it.
+    LabelNotUpdated {
+        label: LabelId,
+        gtin: Gtin,
+        version: u64,
+        batch_id: BatchId,
+        reason: String,
+    },
 }
 
 impl EventBody {
@@ -240,6 +266,10 @@ impl EventBody {
             EventBody::PickupCancelApplied { .. } => "pickup_cancel_applied",
             EventBody::PickupCancelConflict { .. } => "pickup_cancel_conflict",
             EventBody::PickupExpired { .. } => "pickup_expired",
+            EventBody::LabelBound { .. } => "label_bound",
+            EventBody::LabelUnbound { .. } => "label_unbound",
+            EventBody::LabelConfirmed { .. } => "label_confirmed",
+            EventBody::LabelNotUpdated { .. } => "label_not_updated",
         }
     }
 }

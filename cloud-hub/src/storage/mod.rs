@@ -1018,6 +1018,23 @@ pub(crate) fn validate_upload(events: &[LedgerEvent]) -> Result<(), StorageError
                     return Err(bad("collected_at is out of range".into()));
                 }
             }
+            EventBody::LabelBound { shelf, .. } => {
+                check_label("shelf", shelf).map_err(|e| bad(e.to_string()))?;
+            }
+            EventBody::LabelUnbound { .. } => {}
+            EventBody::LabelConfirmed { version, .. } => {
+                if *version == 0 || *version > i64::MAX as u64 {
+                    return Err(bad("price version must be at least 1".into()));
+                }
+            }
+            EventBody::LabelNotUpdated {
+                version, reason, ..
+            } => {
+                if *version == 0 || *version > i64::MAX as u64 {
+                    return Err(bad("price version must be at least 1".into()));
+                }
+                check_label("reason", reason).map_err(|e| bad(e.to_string()))?;
+            }
         }
     }
     Ok(())
@@ -1117,6 +1134,11 @@ pub(crate) fn side_effect(body: &EventBody) -> SideEffect<'_> {
         | EventBody::PickupCancelApplied { order_id, .. }
         | EventBody::PickupCancelConflict { order_id, .. }
         | EventBody::PickupExpired { order_id } => SideEffect::Pickup(order_id),
+        // Stored with the other events; the label status tables come with the label report.
+        EventBody::LabelBound { .. }
+        | EventBody::LabelUnbound { .. }
+        | EventBody::LabelConfirmed { .. }
+        | EventBody::LabelNotUpdated { .. } => SideEffect::None,
     }
 }
 

@@ -190,6 +190,15 @@ pub fn apply(
     let seq_i =
         i64::try_from(seq).map_err(|_| StateError::Inconsistent("seq out of range".into()))?;
     match &ev.body {
+        EventBody::LabelBound { .. }
+        | EventBody::LabelUnbound { .. }
+        | EventBody::LabelConfirmed { .. }
+        | EventBody::LabelNotUpdated { .. } => {
+            return Err(StateError::Inconsistent(format!(
+                "{} events are not applied by this agent",
+                ev.body.kind()
+            )));
+        }
         EventBody::PriceStaged {
             gtin,
             version,
