@@ -290,6 +290,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 ),
                 _ => None,
             };
+            #[cfg(feature = "bench-unauthenticated")]
+            if std::env::var("AISLE_BENCH_UNAUTHENTICATED").as_deref() == Ok("1") {
+                tracing::warn!(
+                    "BENCHMARK BUILD: gateway requests are NOT authenticated (x-aisle-gateway is trusted)"
+                );
+                aisle_hub::api::signed::UNAUTHENTICATED
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
             serve(listen, cli.db, pickups, tls).await
         }
         Command::Orders { command } => {
