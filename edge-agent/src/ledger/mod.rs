@@ -24,6 +24,7 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use crate::clock::{HubTime, WallClock};
 
+pub mod labels;
 mod pickup;
 mod pickup_state;
 mod reader;
@@ -31,6 +32,11 @@ mod state;
 pub mod verify;
 mod writer;
 
+pub use labels::{
+    BindLabel, BindOutcome, BindProblem, BindRowError, ConfirmedLabel, LabelBinding, LabelExtra,
+    LabelRecord, LabelRefusal, LabelShown, LabelStatus, LabelUpdate, NotUpdatedRecord,
+    ShelfChanges, UpdateOutcome, WantedPrice,
+};
 pub use pickup::{Collection, HistoryEntry, PickupAction, PickupRecord, PickupRefusal};
 pub use pickup_state::{OrderLine, OrderStatus};
 pub use state::StagedPrice;
@@ -422,6 +428,79 @@ impl Ledger {
     pub async fn expire_pickups(&self) -> Result<usize, LedgerError> {
         self.send(|reply| writer::Command::ExpirePickups { reply })
             .await?
+    }
+
+    /// Binds labels to products at shelf positions: every row or none (each refused row is
+    /// named by its `line`). A row equal to the binding held changes nothing. Answers after the
+    /// `LabelBound` events committed.
+    pub async fn bind_labels(
+        &self,
+        rows: Vec<(usize, BindLabel)>,
+    ) -> Result<BindOutcome, LabelRefusal> {
+        self.send(|reply| writer::Command::LabelBind { rows, reply })
+            .await?
+    }
+
+    /// Takes a label off its product (`LabelUnbound`); answers the binding it had.
+    pub async fn unbind_label(
+        &self,
+        label: aisle_protocol::esl::LabelId,
+        by: Option<String>,
+    ) -> Result<LabelBinding, LabelRefusal> {
+        self.send(|reply| writer::Command::LabelUnbind { label, by, reply })
+            .await?
+    }
+
+    /// Records what the label planner saw (`LabelConfirmed`, `LabelNotUpdated`) for many labels
+    /// in one command: one transaction, one fsync. Updates already recorded, or about a binding
+    /// that changed meanwhile, append nothing.
+    pub async fn commit_label_updates(
+        &self,
+        updates: Vec<LabelUpdate>,
+    ) -> Result<UpdateOutcome, LedgerError> {
+        self.send(|reply| writer::Command::LabelUpdates { updates, reply })
+            .await?
+    }
+
+    /// One bound label with its active price, confirmation and "not updated" record.
+    pub async fn label(
+        &self,
+        label: aisle_protocol::esl::LabelId,
+    ) -> Result<Option<LabelRecord>, LedgerError> {
+        self.read(move |c| labels::record(c, label)).await
+    }
+
+    /// Bound labels with ids above `after`, by id, at most `limit`.
+    pub async fn labels(
+        &self,
+        after: Option<aisle_protocol::esl::LabelId>,
+        limit: usize,
+    ) -> Result<Vec<LabelRecord>, LedgerError> {
+        self.read(move |c| labels::records(c, after, limit)).await
+    }
+
+    /// Bound labels of these GTINs and these labels, or all of them when `all`.
+    pub async fn labels_touching(
+        &self,
+        gtins: Vec<Gtin>,
+        labels: Vec<aisle_protocol::esl::LabelId>,
+        all: bool,
+    ) -> Result<Vec<LabelRecord>, LedgerError> {
+        self.read(move |c| labels::records_touching(c, &gtins, &labels, all))
+            .await
+    }
+
+    /// Active prices and bindings that changed after ledger seq `after`.
+    pub async fn shelf_changes_after(&self, after: u64) -> Result<ShelfChanges, LedgerError> {
+        self.read(move |c| labels::shelf_changes_after(c, after))
+            .await
+    }
+
+    /// Bound labels per status.
+    pub async fn label_counts(
+        &self,
+    ) -> Result<std::collections::HashMap<LabelStatus, u64>, LedgerError> {
+        self.read(labels::status_counts).await
     }
 
     /// One pickup order with its history.

@@ -143,6 +143,7 @@ pub(crate) fn receive(
         staged: None,
         order: Some(o.clone()),
         ready_by: None,
+        label: None,
     })?;
     Ok(Ok(true))
 }
@@ -281,6 +282,7 @@ pub(crate) fn act(
                 staged: None,
                 order: None,
                 ready_by: Some(staff),
+                label: None,
             })?;
         }
         PickupAction::Redeem {

@@ -432,6 +432,7 @@ mod tests {
             staged: None,
             order: Some(order()),
             ready_by: None,
+            label: None,
         };
         let bytes = stored.encode().unwrap();
         assert_eq!(

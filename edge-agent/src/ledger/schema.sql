@@ -142,3 +142,47 @@ CREATE TABLE IF NOT EXISTS pickup_cancels (
     seq       INTEGER NOT NULL,
     outcome   TEXT    NOT NULL CHECK (outcome IN ('applied', 'conflict'))
 ) WITHOUT ROWID;
+
+-- Shelf labels (ledger/labels.rs), from the label_* events. A label is bound to one product at
+-- one shelf position; its panel comes from the technician (or the import) with the binding.
+CREATE TABLE IF NOT EXISTS label_bindings (
+    label    INTEGER PRIMARY KEY,             -- the tag's address (printed as 8 hex digits)
+    gtin     TEXT    NOT NULL,
+    shelf    TEXT    NOT NULL,
+    panel    TEXT    NOT NULL,                -- bw290 | bwr290 | bw420 | bwr420
+    bound_at INTEGER NOT NULL,
+    bound_by TEXT,
+    seq      INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS label_bindings_gtin ON label_bindings (gtin);
+
+-- What each label last confirmed it shows (content hash reported by the tag, displayed): the
+-- price a shopper reads on the shelf. Lanes charge at most the lowest of these per GTIN.
+CREATE TABLE IF NOT EXISTS label_shown (
+    label        INTEGER PRIMARY KEY,
+    gtin         TEXT    NOT NULL,
+    version      INTEGER NOT NULL,
+    batch_id     TEXT    NOT NULL,
+    price_minor  INTEGER NOT NULL,
+    currency     TEXT    NOT NULL,
+    name         TEXT    NOT NULL,
+    panel        TEXT    NOT NULL,
+    layer        TEXT    NOT NULL,             -- LayerHash, 16 hex digits
+    content      TEXT    NOT NULL,             -- ContentHash, 16 hex digits
+    fields       TEXT    NOT NULL,             -- DynamicFields as JSON
+    confirmed_at INTEGER NOT NULL,
+    seq          INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS label_shown_gtin ON label_shown (gtin, price_minor);
+
+-- "Label not updated": the price version a label did not confirm before the deadline. Cleared
+-- by a later confirmation of that version or a newer one.
+CREATE TABLE IF NOT EXISTS label_not_updated (
+    label    INTEGER PRIMARY KEY,
+    gtin     TEXT    NOT NULL,
+    version  INTEGER NOT NULL,
+    batch_id TEXT    NOT NULL,
+    reason   TEXT    NOT NULL,
+    at       INTEGER NOT NULL,
+    seq      INTEGER NOT NULL
+);

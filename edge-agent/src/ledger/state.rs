@@ -32,6 +32,10 @@ pub struct StoredBody {
     /// `PickupReady` only: the signed-in staff who marked it (stored as `"ready_by"`; the
     /// protocol event does not carry it).
     pub ready_by: Option<String>,
+    /// Shelf-label events only: what the store needs beyond the protocol event (the panel of a
+    /// bound label, who bound it, what a confirmed label shows), stored as top-level `"panel"`,
+    /// `"by"` and `"shown"` keys (hashed) and dropped on upload.
+    pub label: Option<super::labels::LabelExtra>,
 }
 
 /// Why an event could not be encoded, decoded or applied.
@@ -53,9 +57,13 @@ impl StoredBody {
         if self.staged.is_none()
             && self.order.is_none()
             && self.ready_by.is_none()
+            && self.label.is_none()
             && !matches!(
                 self.body,
-                EventBody::PriceStaged { .. } | EventBody::PickupReceived { .. }
+                EventBody::PriceStaged { .. }
+                    | EventBody::PickupReceived { .. }
+                    | EventBody::LabelBound { .. }
+                    | EventBody::LabelConfirmed { .. }
             )
         {
             // Every event but a staged price is stored exactly as the protocol writes it; going
@@ -117,6 +125,9 @@ impl StoredBody {
                 ));
             }
         }
+        if let Some(obj) = v.as_object_mut() {
+            super::labels::encode_extra(&self.body, self.label.as_ref(), obj)?;
+        }
         serde_json::to_vec(&v).map_err(|e| StateError::Payload(e.to_string()))
     }
 
@@ -127,6 +138,7 @@ impl StoredBody {
             staged: None,
             order: None,
             ready_by: None,
+            label: None,
         }
     }
 
@@ -171,11 +183,13 @@ impl StoredBody {
             }
             _ => None,
         };
+        let label = super::labels::decode_extra(&body, payload)?;
         Ok(StoredBody {
             body,
             staged,
             order,
             ready_by,
+            label,
         })
     }
 }
@@ -193,12 +207,7 @@ pub fn apply(
         EventBody::LabelBound { .. }
         | EventBody::LabelUnbound { .. }
         | EventBody::LabelConfirmed { .. }
-        | EventBody::LabelNotUpdated { .. } => {
-            return Err(StateError::Inconsistent(format!(
-                "{} events are not applied by this agent",
-                ev.body.kind()
-            )));
-        }
+        | EventBody::LabelNotUpdated { .. } => super::labels::apply(conn, seq_i, at, ev)?,
         EventBody::PriceStaged {
             gtin,
             version,
@@ -427,6 +436,7 @@ mod tests {
             }),
             order: None,
             ready_by: None,
+            label: None,
         };
         let bytes = stored.encode().unwrap();
         let back = StoredBody::decode("price_staged", &bytes).unwrap();

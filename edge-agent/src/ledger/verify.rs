@@ -26,6 +26,8 @@ pub struct VerifyReport {
     pub footfall_rows: u64,
     /// Rows of `pickup_orders`.
     pub pickup_orders: u64,
+    /// Rows of `label_bindings` (shelf labels bound to products).
+    pub label_bindings: u64,
     pub acked_through: u64,
     pub cursor: u64,
 }
@@ -35,7 +37,8 @@ impl fmt::Display for VerifyReport {
         write!(
             f,
             "ledger OK: {} events, chain head {}, {} sales, {} price rows, {} stock items, \
-             {} stock adjustments, {} footfall rows, {} pickup orders, acked through {}, cursor {}",
+             {} stock adjustments, {} footfall rows, {} pickup orders, {} label bindings, \
+             acked through {}, cursor {}",
             self.events,
             self.head_hash,
             self.sales,
@@ -44,6 +47,7 @@ impl fmt::Display for VerifyReport {
             self.stock_adjustments,
             self.footfall_rows,
             self.pickup_orders,
+            self.label_bindings,
             self.acked_through,
             self.cursor
         )
@@ -75,6 +79,9 @@ const TABLES: &[(&str, &str)] = &[
     ("pickup_orders", "order_id"),
     ("pickup_history", "order_id, seq"),
     ("pickup_cancels", "cancel_id"),
+    ("label_bindings", "label"),
+    ("label_shown", "label"),
+    ("label_not_updated", "label"),
 ];
 
 /// Verifies the ledger in `data_dir`. Safe while the agent runs (it reads one snapshot).
@@ -113,6 +120,7 @@ pub fn verify(data_dir: &Path) -> Result<VerifyReport, VerifyError> {
         stock_adjustments: counts[3],
         footfall_rows: counts[4],
         pickup_orders: counts[5],
+        label_bindings: counts[8],
         acked_through: acked,
         cursor: u64::try_from(cursor).unwrap_or(0),
     })

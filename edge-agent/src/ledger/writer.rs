@@ -15,6 +15,9 @@ use aisle_protocol::{EventId, Hlc, HlcClock, Money, UtcMillis};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
+use super::labels::{
+    self, BindLabel, BindOutcome, LabelBinding, LabelRefusal, LabelUpdate, UpdateOutcome,
+};
 use super::pickup::{self, PickupAction, PickupRecord, PickupRefusal};
 use super::state::{self, StagedPrice, StoredBody};
 use super::{
@@ -74,6 +77,19 @@ pub(crate) enum Command {
     ExpirePickups {
         reply: Reply<usize>,
     },
+    LabelBind {
+        rows: Vec<(usize, BindLabel)>,
+        reply: Reply<BindOutcome, LabelRefusal>,
+    },
+    LabelUnbind {
+        label: aisle_protocol::esl::LabelId,
+        by: Option<String>,
+        reply: Reply<LabelBinding, LabelRefusal>,
+    },
+    LabelUpdates {
+        updates: Vec<LabelUpdate>,
+        reply: Reply<UpdateOutcome>,
+    },
     Close {
         reply: oneshot::Sender<()>,
     },
@@ -92,6 +108,9 @@ impl std::fmt::Debug for Command {
             Command::Footfall { .. } => "Footfall",
             Command::Pickup { .. } => "Pickup",
             Command::ExpirePickups { .. } => "ExpirePickups",
+            Command::LabelBind { .. } => "LabelBind",
+            Command::LabelUnbind { .. } => "LabelUnbind",
+            Command::LabelUpdates { .. } => "LabelUpdates",
             Command::Close { .. } => "Close",
         };
         f.write_str(name)
@@ -140,6 +159,15 @@ enum Done {
         Reply<PickupRecord, PickupRefusal>,
         Result<PickupRecord, PickupRefusal>,
     ),
+    LabelBind(
+        Reply<BindOutcome, LabelRefusal>,
+        Result<BindOutcome, LabelRefusal>,
+    ),
+    LabelUnbind(
+        Reply<LabelBinding, LabelRefusal>,
+        Result<LabelBinding, LabelRefusal>,
+    ),
+    LabelUpdates(Reply<UpdateOutcome>, Result<UpdateOutcome, LedgerError>),
 }
 
 impl Done {
@@ -153,6 +181,9 @@ impl Done {
             | Command::Footfall { reply, .. }
             | Command::ExpirePickups { reply } => Done::Count(reply, Err(e())),
             Command::Pickup { reply, .. } => Done::Pickup(reply, Err(e().into())),
+            Command::LabelBind { reply, .. } => Done::LabelBind(reply, Err(e().into())),
+            Command::LabelUnbind { reply, .. } => Done::LabelUnbind(reply, Err(e().into())),
+            Command::LabelUpdates { reply, .. } => Done::LabelUpdates(reply, Err(e())),
             Command::Ack { reply, .. }
             | Command::ResendFrom { reply, .. }
             | Command::ResetCursor { reply }
@@ -170,6 +201,9 @@ impl Done {
             Done::Count(r, Ok(_)) => Done::Count(r, Err(e())),
             Done::Unit(r, Ok(())) => Done::Unit(r, Err(e())),
             Done::Pickup(r, Ok(_)) => Done::Pickup(r, Err(e().into())),
+            Done::LabelBind(r, Ok(_)) => Done::LabelBind(r, Err(e().into())),
+            Done::LabelUnbind(r, Ok(_)) => Done::LabelUnbind(r, Err(e().into())),
+            Done::LabelUpdates(r, Ok(_)) => Done::LabelUpdates(r, Err(e())),
             failed => failed,
         }
     }
@@ -182,6 +216,9 @@ impl Done {
             Done::Count(r, v) => drop(r.send(v)),
             Done::Unit(r, v) => drop(r.send(v)),
             Done::Pickup(r, v) => drop(r.send(v)),
+            Done::LabelBind(r, v) => drop(r.send(v)),
+            Done::LabelUnbind(r, v) => drop(r.send(v)),
+            Done::LabelUpdates(r, v) => drop(r.send(v)),
         }
     }
 }
@@ -603,6 +640,29 @@ fn run_group(
                     pickup::expire_due(c, now, &mut |ev| append(c, h, now, ev))
                 }),
             ),
+            // A binding or an import: every row or none, in its own SAVEPOINT.
+            Command::LabelBind { rows, reply } => Done::LabelBind(
+                reply,
+                in_savepoint(&mut tx, head, |c, h| {
+                    let now = time.now();
+                    labels::bind(c, &rows, &mut |ev| append(c, h, now, ev))
+                }),
+            ),
+            Command::LabelUnbind { label, by, reply } => Done::LabelUnbind(
+                reply,
+                in_savepoint(&mut tx, head, |c, h| {
+                    let now = time.now();
+                    labels::unbind(c, label, by, &mut |ev| append(c, h, now, ev))
+                }),
+            ),
+            // The planner's confirmations for many labels: one command, one fsync.
+            Command::LabelUpdates { updates, reply } => Done::LabelUpdates(
+                reply,
+                in_savepoint(&mut tx, head, |c, h| {
+                    let now = time.now();
+                    labels::commit_updates(c, updates, &mut |ev| append(c, h, now, ev))
+                }),
+            ),
             Command::Close { .. } => continue,
         };
         done.push(d);
@@ -756,10 +816,20 @@ fn price_sale(conn: &Connection, req: &SaleRequest) -> Result<Priced, SaleReject
                 SaleRejection::UnknownGtin(l.gtin)
             });
         };
-        let unit_price = Money::new(
+        let active = Money::new(
             minor,
             state::currency_sql(&currency).map_err(LedgerError::from)?,
         );
+        let mut version = version;
+        // Price integrity: never more than a label bound to this product confirmed it shows
+        // (an older, lower price still on the shelf is what the shopper was promised).
+        let unit_price = match labels::shelf_price(conn, &l.gtin, active.currency)? {
+            Some((shelf, shelf_version)) if shelf.minor < active.minor => {
+                version = i64::try_from(shelf_version).unwrap_or(version);
+                shelf
+            }
+            _ => active,
+        };
         let line_total = unit_price
             .checked_mul(i64::from(l.qty))
             .map_err(SaleRejection::Money)?;
@@ -887,6 +957,7 @@ fn apply_changes(
                         }),
                         order: None,
                         ready_by: None,
+                        label: None,
                     },
                 )?;
                 head.staged = true;
