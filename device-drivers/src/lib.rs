@@ -12,5 +12,6 @@ pub mod backoff;
 pub mod esl;
 pub mod footfall;
 pub mod framing;
+pub mod scanner;
 
 pub use framing::{FrameError, LineFramer, Suffix};
