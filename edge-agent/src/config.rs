@@ -24,7 +24,9 @@ pub struct AgentConfig {
     pub store: StoreId,
     /// Base URL of the hub, e.g. `http://127.0.0.1:7400`.
     pub hub_url: String,
-    /// `<gateway_id>.<secret>` as printed by `aisle-hub gateway add`.
+    /// `<gateway_id>.<secret>` as printed by `aisle-hub gateway add` (a bearer credential).
+    /// Left out for an enrolled gateway, which signs its requests with `[gateway]`'s key.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub credential: String,
     /// Where the ledger lives.
     pub data_dir: PathBuf,
@@ -41,6 +43,25 @@ pub struct AgentConfig {
     /// sign in (orders still arrive and expire).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pickup: Option<PickupSettings>,
+    /// An enrolled gateway's identity (`aisle-agent enroll` writes it). Exactly one of this and
+    /// `credential` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewayIdentity>,
+}
+
+/// `[gateway]`: the identity `aisle-agent enroll` made. Debug shows no secret (the key stays
+/// in its file).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayIdentity {
+    /// The id the hub gave this gateway at enrolment.
+    pub id: GatewayId,
+    /// The gateway's Ed25519 private key (mode 0600; it never leaves the gateway).
+    pub key_file: PathBuf,
+    /// SHA-256 of the hub's TLS certificate (64 hex digits), pinned at enrolment. Required when
+    /// `hub_url` is https://.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub_fingerprint: Option<String>,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -55,6 +76,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("clock", &self.clock)
             .field("footfall", &self.footfall)
             .field("pickup", &self.pickup)
+            .field("gateway", &self.gateway)
             .finish()
     }
 }
@@ -466,16 +488,17 @@ impl AgentConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         let url = self.hub_url.trim_end_matches('/');
-        if !url.starts_with("http://") || url.len() <= "http://".len() {
+        let https = url.starts_with("https://") && url.len() > "https://".len();
+        if !https && (!url.starts_with("http://") || url.len() <= "http://".len()) {
             return bad(format!(
-                "hub_url must be an http:// URL (TLS comes later), got '{}'",
+                "hub_url must be an https:// (or plain http://) URL, got '{}'",
                 self.hub_url
             ));
         }
         if self.hub_url.len() > 2048 || self.hub_url.chars().any(|c| c.is_whitespace()) {
             return bad("hub_url must be at most 2048 characters without spaces".into());
         }
-        gateway_of(&self.credential).map_err(ConfigError::Invalid)?;
+        self.validate_identity(https)?;
         let s = &self.sync;
         if s.long_poll_ms > MAX_WAIT_MS {
             return bad(format!(
@@ -507,9 +530,53 @@ impl AgentConfig {
         Ok(())
     }
 
-    /// The gateway id half of the credential (safe to log; the secret never is).
+    /// Exactly one identity: a bearer credential (plain-HTTP hubs only) or an enrolled key,
+    /// pinned for an https:// hub.
+    fn validate_identity(&self, https: bool) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        match (&self.gateway, self.credential.is_empty()) {
+            (Some(_), false) => bad(
+                "set either credential (a `gateway add` bearer credential) or [gateway] (an \
+                 enrolled gateway's key), not both",
+            ),
+            (None, true) => bad(
+                "no gateway identity: run `aisle-agent enroll` (it writes [gateway]) or set \
+                 credential",
+            ),
+            (None, false) => {
+                gateway_of(&self.credential).map_err(ConfigError::Invalid)?;
+                if https {
+                    return bad(
+                        "an https:// hub needs the pinned certificate of an enrolled gateway \
+                         ([gateway] hub_fingerprint): run `aisle-agent enroll`",
+                    );
+                }
+                Ok(())
+            }
+            (Some(g), true) => {
+                if g.key_file.as_os_str().is_empty() {
+                    return bad("gateway.key_file must name the gateway's key file");
+                }
+                match &g.hub_fingerprint {
+                    Some(fp) => crate::provisioning::pin::HubFingerprint::parse(fp)
+                        .map(|_| ())
+                        .map_err(|e| ConfigError::Invalid(format!("gateway.hub_fingerprint: {e}"))),
+                    None if https => bad(
+                        "gateway.hub_fingerprint is required for an https:// hub (the SHA-256 \
+                         `aisle-hub tls fingerprint` prints)",
+                    ),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// The gateway's id (safe to log; the secret never is).
     pub fn gateway_id(&self) -> Result<GatewayId, ConfigError> {
-        gateway_of(&self.credential).map_err(ConfigError::Invalid)
+        match &self.gateway {
+            Some(g) => Ok(g.id.clone()),
+            None => gateway_of(&self.credential).map_err(ConfigError::Invalid),
+        }
     }
 }
 

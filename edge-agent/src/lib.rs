@@ -31,6 +31,7 @@ pub mod footfall;
 pub mod ledger;
 pub mod metrics;
 pub mod pickup;
+pub mod provisioning;
 pub mod sync;
 
 use clock::{OffsetClock, WallClock};
@@ -71,6 +72,7 @@ impl Agent {
         } else {
             Arc::new(OffsetClock::new(clock, config.clock.offset_ms))
         };
+        let client = HubClient::from_config(&config, clock.clone())?;
         let ledger = Ledger::open(&config.data_dir, clock.clone()).await?;
         let listener = match tokio::net::TcpListener::bind(config.listen).await {
             Ok(l) => l,

@@ -33,6 +33,56 @@ enum Command {
         #[command(subcommand)]
         command: StaffCommand,
     },
+    /// Shelf labels.
+    Labels {
+        #[command(subcommand)]
+        command: LabelsCommand,
+    },
+    /// Enrol this gateway with a one-time code from HQ: makes the gateway's key, pins the hub's
+    /// TLS certificate and writes the configuration (all or nothing).
+    Enroll(EnrollArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct EnrollArgs {
+    /// The hub, e.g. https://hub.example.com:7400.
+    #[arg(long, value_name = "URL")]
+    hub: String,
+    /// The one-time code HQ gave (`XXXX-XXXX-XXXX`; case and dashes do not matter).
+    #[arg(long, value_name = "CODE")]
+    code: String,
+    /// The gateway's data directory (its key and ledger live there).
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+    /// Where to write the configuration (default: DIR/agent.toml). Other settings in an existing
+    /// file are kept.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The hub certificate's SHA-256 from HQ (`aisle-hub tls fingerprint`). Without it the
+    /// certificate the hub presents now is pinned (trust on first use).
+    #[arg(long, value_name = "SHA256")]
+    hub_fingerprint: Option<String>,
+    /// A name for this gateway at HQ (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Replace an existing enrolment.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum LabelsCommand {
+    /// Bind labels from a CSV file (header: label,gtin,shelf[,panel]), all rows or none, while
+    /// the agent is stopped (a running agent takes the same file at POST /v1/labels/import).
+    Import {
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// Panel of rows that name none: bw290, bwr290, bw420 or bwr420.
+        #[arg(long, default_value = "bw290")]
+        panel: String,
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -69,6 +119,10 @@ fn main() -> ExitCode {
         Command::Staff {
             command: StaffCommand::HashPin,
         } => hash_pin(),
+        Command::Labels {
+            command: LabelsCommand::Import { data, panel, file },
+        } => import_labels(data, &panel, file),
+        Command::Enroll(args) => enroll(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -111,6 +165,49 @@ fn verify(data: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn import_labels(data: PathBuf, panel: &str, file: PathBuf) -> anyhow::Result<()> {
+    use aisle_agent::labels::import::{MAX_IMPORT_BYTES, parse_csv};
+    use aisle_agent::ledger::{LabelRefusal, Ledger, labels::parse_panel};
+    let panel = parse_panel(panel)
+        .with_context(|| format!("--panel '{panel}' is not one of bw290, bwr290, bw420, bwr420"))?;
+    let meta =
+        std::fs::metadata(&file).with_context(|| format!("cannot read {}", file.display()))?;
+    if meta.len() > MAX_IMPORT_BYTES as u64 {
+        anyhow::bail!("{} is larger than {MAX_IMPORT_BYTES} bytes", file.display());
+    }
+    let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+    let by = format!("import {}", file.display());
+    let refused = |rows: Vec<aisle_agent::ledger::BindRowError>| {
+        for r in &rows {
+            eprintln!("line {}: {}", r.line, r.message);
+        }
+        anyhow::anyhow!("{} row(s) refused, nothing was bound", rows.len())
+    };
+    let rows = parse_csv(&bytes, panel, Some(&by)).map_err(refused)?;
+    let n = rows.len();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let out = rt.block_on(async {
+        let ledger = Ledger::open(&data, Arc::new(SystemClock))
+            .await
+            .with_context(|| format!("cannot open the ledger in {}", data.display()))?;
+        let out = ledger.bind_labels(rows).await;
+        ledger.close().await;
+        match out {
+            Ok(out) => Ok(out),
+            Err(LabelRefusal::Rows(rows)) => Err(refused(rows)),
+            Err(e) => Err(anyhow::Error::new(e)),
+        }
+    })?;
+    println!(
+        "{n} rows: {} labels bound, {} unchanged",
+        out.bound, out.unchanged
+    );
+    Ok(())
+}
+
 fn hash_pin() -> anyhow::Result<()> {
     use std::io::Read;
     let mut input = String::new();
@@ -122,6 +219,45 @@ fn hash_pin() -> anyhow::Result<()> {
     let pin = input.lines().next().unwrap_or("").trim_end_matches('\r');
     let hash = aisle_agent::pickup::staff::hash_pin(pin).map_err(anyhow::Error::msg)?;
     println!("{hash}");
+    Ok(())
+}
+
+fn enroll(args: EnrollArgs) -> anyhow::Result<()> {
+    use aisle_agent::provisioning::enrol::{EnrolOptions, enrol};
+    let opts = EnrolOptions {
+        hub_url: args.hub,
+        code: args.code,
+        data_dir: args.data,
+        config_path: args.config,
+        hub_fingerprint: args.hub_fingerprint,
+        name: args.name,
+        force: args.force,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let done = rt.block_on(enrol(&opts, Arc::new(SystemClock)))?;
+    println!(
+        "enrolled: gateway {} for store {}",
+        done.gateway_id, done.store
+    );
+    println!("  configuration: {}", done.config_path.display());
+    println!(
+        "  key (mode 0600, never copy it): {}",
+        done.key_path.display()
+    );
+    match &done.hub_fingerprint {
+        Some(fp) if done.trusted_on_first_use => println!(
+            "  hub certificate pinned on first use: {fp}\n  compare it with `aisle-hub tls fingerprint` at HQ"
+        ),
+        Some(fp) => println!("  hub certificate pinned: {fp}"),
+        None => println!("  WARNING: the hub serves plain HTTP; nothing is pinned"),
+    }
+    println!(
+        "next: aisle-agent doctor --config {}",
+        done.config_path.display()
+    );
     Ok(())
 }
 

@@ -239,6 +239,7 @@ async fn start_store() -> Store {
         store,
         hub_url: url,
         credential: format!("{GATEWAY}.{SECRET}"),
+        gateway: None,
         data_dir: dir.path().to_path_buf(),
         listen: "127.0.0.1:0".parse().unwrap(),
         sync: SyncConfig {

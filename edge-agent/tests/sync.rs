@@ -312,6 +312,7 @@ async fn agent_syncs_with_a_hub_that_speaks_the_protocol() {
         store: "S001".parse().unwrap(),
         hub_url: url,
         credential: format!("{GATEWAY}.{SECRET}"),
+        gateway: None,
         data_dir: dir.path().to_path_buf(),
         listen: "127.0.0.1:0".parse().unwrap(),
         sync: SyncConfig {
@@ -483,6 +484,7 @@ fn quick_config(url: String, dir: &std::path::Path, upload_batch: usize) -> Agen
         store: "S001".parse().unwrap(),
         hub_url: url,
         credential: format!("{GATEWAY}.{SECRET}"),
+        gateway: None,
         data_dir: dir.to_path_buf(),
         listen: "127.0.0.1:0".parse().unwrap(),
         sync: SyncConfig {
