@@ -43,6 +43,10 @@ pub struct AgentConfig {
     /// sign in (orders still arrive and expire).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pickup: Option<PickupSettings>,
+    /// Electronic shelf labels (`[labels]`). Absent: bindings, previews and price integrity
+    /// still work; no access point is driven.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<crate::labels::LabelSettings>,
     /// An enrolled gateway's identity (`aisle-agent enroll` writes it). Exactly one of this and
     /// `credential` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -76,6 +80,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("clock", &self.clock)
             .field("footfall", &self.footfall)
             .field("pickup", &self.pickup)
+            .field("labels", &self.labels)
             .field("gateway", &self.gateway)
             .finish()
     }
@@ -526,6 +531,9 @@ impl AgentConfig {
         }
         if let Some(p) = &self.pickup {
             p.validate().map_err(ConfigError::Invalid)?;
+        }
+        if let Some(l) = &self.labels {
+            l.validate().map_err(ConfigError::Invalid)?;
         }
         Ok(())
     }

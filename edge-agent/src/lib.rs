@@ -28,6 +28,7 @@ pub mod api;
 pub mod clock;
 pub mod config;
 pub mod footfall;
+pub mod labels;
 pub mod ledger;
 pub mod metrics;
 pub mod pickup;
@@ -67,6 +68,9 @@ impl Agent {
         clock: Arc<dyn WallClock>,
     ) -> Result<AgentHandle, AgentError> {
         config.validate()?;
+        let labels = Arc::new(
+            labels::LabelsShared::new(config.labels.as_ref()).map_err(ConfigError::Invalid)?,
+        );
         let clock: Arc<dyn WallClock> = if config.clock.offset_ms == 0 {
             clock
         } else {
@@ -100,9 +104,9 @@ impl Agent {
             config.pickup.as_ref(),
             ledger.hub_time(),
         ));
-        let metrics = Arc::new(metrics::AgentMetrics::new(
-            &ledger, &shared, &footfall, &pickup,
-        ));
+        let mut metrics = metrics::AgentMetrics::new(&ledger, &shared, &footfall, &pickup);
+        metrics.register_labels(&labels.metrics);
+        let metrics = Arc::new(metrics);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let footfall_tasks =
             match start_footfall(&config, &ledger, &footfall, footfall_rx, &shutdown_rx).await {
@@ -120,6 +124,7 @@ impl Agent {
             metrics,
             footfall: footfall.clone(),
             pickup: pickup.clone(),
+            labels: labels.clone(),
         });
         let mut server_shutdown = shutdown_rx.clone();
         let mut tasks = vec![tokio::spawn(async move {
@@ -137,6 +142,14 @@ impl Agent {
         tasks.extend(footfall_tasks);
         tasks.push(activator::spawn(ledger.clone(), shutdown_rx.clone()));
         tasks.push(pickup::sweeper::spawn(ledger.clone(), shutdown_rx.clone()));
+        if let Some(settings) = &config.labels {
+            tasks.extend(labels::spawn(
+                settings,
+                ledger.clone(),
+                labels.clone(),
+                shutdown_rx.clone(),
+            ));
+        }
         tasks.extend(sync::spawn(
             sync::SyncContext {
                 ledger: ledger.clone(),
@@ -161,6 +174,7 @@ impl Agent {
             sync: shared,
             footfall,
             pickup,
+            labels,
             shutdown: shutdown_tx,
             tasks,
         })
@@ -218,6 +232,7 @@ pub struct AgentHandle {
     sync: Arc<SyncShared>,
     footfall: Arc<FootfallShared>,
     pickup: Arc<pickup::PickupShared>,
+    labels: Arc<labels::LabelsShared>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -245,6 +260,12 @@ impl AgentHandle {
     /// Camera ingestion's metrics (`aisle_footfall_*`, `aisle_camera_online`).
     pub fn footfall_metrics(&self) -> &footfall::FootfallMetrics {
         &self.footfall.metrics
+    }
+
+    /// Shelf labels: the planner's counters (`stats()`: pending, unsent, confirmed...), what it
+    /// heard from each tag, the access point's link.
+    pub fn labels(&self) -> &Arc<labels::LabelsShared> {
+        &self.labels
     }
 
     /// Click-and-collect's metrics (`aisle_pickup_*`).

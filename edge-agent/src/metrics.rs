@@ -95,6 +95,11 @@ impl AgentMetrics {
         }
     }
 
+    /// Adds the shelf-label planner's metrics (`aisle_labels_*`).
+    pub fn register_labels(&mut self, labels: &crate::labels::LabelMetrics) {
+        labels.register(&mut self.footfall);
+    }
+
     /// Prometheus text exposition, with gauges refreshed from the ledger's committed view.
     pub fn render(&self, ledger: &Ledger) -> Result<String, std::fmt::Error> {
         let v = ledger.view();

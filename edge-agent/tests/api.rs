@@ -43,6 +43,7 @@ async fn start() -> TestAgent {
             ..SyncConfig::default()
         },
         clock: ClockConfig::default(),
+        labels: None,
         footfall: None,
         pickup: None,
     };
@@ -431,6 +432,7 @@ async fn openapi_lists_every_route_the_router_serves() {
         let r = match route.method {
             HttpMethod::Get => t.http.get(url).send().await.unwrap(),
             HttpMethod::Post => t.http.post(url).body("{}").send().await.unwrap(),
+            HttpMethod::Delete => t.http.delete(url).send().await.unwrap(),
         };
         let status = r.status();
         let text = r.text().await.unwrap();

@@ -79,6 +79,7 @@ impl Store {
                 ..SyncConfig::default()
             },
             clock: ClockConfig::default(),
+            labels: None,
             footfall: Some(FootfallSettings {
                 mqtt: Some("127.0.0.1:1883".into()),
                 topic_prefix: prefix.clone(),

@@ -258,3 +258,392 @@ async fn a_lane_charges_the_lower_of_the_active_price_and_the_shelf_label() {
     l.close().await;
     verify(dir.path()).unwrap();
 }
+
+// ---------------------------------------------------------------------------------------------
+// The HTTP API of an agent without an access point: the technician's flow, the import, the list
+// and the preview.
+
+mod api {
+    use super::*;
+    use aisle_agent::clock::SystemClock;
+    use aisle_agent::config::AgentConfig;
+    use aisle_agent::{Agent, AgentHandle};
+    use aisle_drivers::esl::{LabelFont, NameRenderer, NameText};
+    use aisle_firmware::{FrameBuffer, render_label};
+    use aisle_protocol::esl::LayerImage;
+    use reqwest::StatusCode;
+    use serde_json::{Value, json};
+
+    pub struct TestAgent {
+        pub _dir: tempfile::TempDir,
+        pub agent: AgentHandle,
+        pub base: String,
+        pub http: reqwest::Client,
+    }
+
+    fn closed_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    }
+
+    pub async fn start() -> TestAgent {
+        let dir = tempfile::tempdir().unwrap();
+        let params = argon2::Params::new(8, 1, 1, None).unwrap();
+        let hash = aisle_agent::pickup::staff::hash_pin_with("1234", params).unwrap();
+        let toml = format!(
+            "store = \"S001\"\nhub_url = \"http://127.0.0.1:{}\"\n\
+             credential = \"gw-S001-1a2b3c4d.{}\"\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\n\
+             [pickup]\n[[pickup.staff]]\nname = \"Ana\"\npin_hash = \"{hash}\"\n\
+             [labels]\npanel = \"bw290\"\n",
+            closed_port(),
+            "ab".repeat(32),
+            dir.path().join("data").display()
+        );
+        let file = dir.path().join("agent.toml");
+        std::fs::write(&file, toml).unwrap();
+        let config = AgentConfig::load(&file).unwrap();
+        let agent = Agent::start(config, Arc::new(SystemClock)).await.unwrap();
+        let base = format!("http://{}", agent.local_addr());
+        TestAgent {
+            _dir: dir,
+            agent,
+            base,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    impl TestAgent {
+        pub async fn sign_in(&self) -> String {
+            let r: Value = self
+                .http
+                .post(format!("{}/v1/staff/sign-in", self.base))
+                .json(&json!({ "pin": "1234" }))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            r["token"].as_str().unwrap().to_string()
+        }
+    }
+
+    async fn answer(r: reqwest::Response) -> (StatusCode, Value) {
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    fn pixels(png_bytes: &[u8]) -> (u32, u32, Vec<u8>) {
+        let mut decoder = png::Decoder::new(std::io::Cursor::new(png_bytes.to_vec()));
+        decoder.set_transformations(png::Transformations::EXPAND);
+        let mut reader = decoder.read_info().unwrap();
+        let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        buf.truncate(info.buffer_size());
+        (info.width, info.height, buf)
+    }
+
+    #[tokio::test]
+    async fn a_technician_binds_by_scanning_and_bad_scans_are_refused_clearly() {
+        let t = start().await;
+        let l = t.agent.ledger();
+        l.stage_prices(vec![
+            price(gtin(1), 1, 350, T0),
+            price(gtin(2), 1, 1_280, T0),
+        ])
+        .await
+        .unwrap();
+        let bind = |body: Value, token: Option<String>| {
+            let mut r = t
+                .http
+                .post(format!("{}/v1/labels/bind", t.base))
+                .json(&body);
+            if let Some(tok) = token {
+                r = r.bearer_auth(tok);
+            }
+            r.send()
+        };
+        let body = json!({ "label": "]C000A10001\r\n", "gtin": format!("(01){}", gtin(1)), "shelf": "A3-12" });
+        // Binding is a privileged action.
+        let (s, v) = answer(bind(body.clone(), None).await.unwrap()).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+        let token = t.sign_in().await;
+        let (s, v) = answer(bind(body.clone(), Some(token.clone())).await.unwrap()).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["label"], "00A10001");
+        assert_eq!(v["shelf"], "A3-12");
+        assert_eq!(v["bound_by"], "Ana");
+        assert_eq!(v["status"], "pending");
+        assert_eq!(v["wanted"]["price"]["minor"], 350);
+        assert_eq!(v["changed"], true);
+        let (_, v) = answer(bind(body, Some(token.clone())).await.unwrap()).await;
+        assert_eq!(v["changed"], false);
+
+        for (body, status, code, words) in [
+            (
+                json!({"label": "00A1000", "gtin": gtin(1).as_str(), "shelf": "A"}),
+                400,
+                "bad_request",
+                "8 hexadecimal",
+            ),
+            (
+                json!({"label": "00A10002", "gtin": "4006381333932", "shelf": "A"}),
+                400,
+                "bad_request",
+                "check digit",
+            ),
+            (
+                json!({"label": "00A10002", "gtin": gtin(9).as_str(), "shelf": "A"}),
+                422,
+                "no_price",
+                "no price",
+            ),
+            (
+                json!({"label": "00A10002", "gtin": gtin(1).as_str(), "shelf": ""}),
+                422,
+                "bad_shelf",
+                "shelf",
+            ),
+            (
+                json!({"label": "00A10002", "gtin": gtin(1).as_str(), "shelf": "A", "panel": "bw999"}),
+                400,
+                "bad_request",
+                "panel",
+            ),
+            (json!({"label": "00A10002"}), 400, "bad_request", "gtin"),
+        ] {
+            let (s, v) = answer(bind(body.clone(), Some(token.clone())).await.unwrap()).await;
+            assert_eq!(s.as_u16(), status, "{body} -> {v}");
+            assert_eq!(v["error"], code, "{body} -> {v}");
+            assert!(
+                v["message"]
+                    .as_str()
+                    .unwrap()
+                    .to_lowercase()
+                    .contains(words),
+                "{body} -> {v}"
+            );
+        }
+
+        // Unknown and malformed ids on the label's own routes.
+        let get = |path: &str| t.http.get(format!("{}{path}", t.base)).send();
+        assert_eq!(get("/v1/labels/00A1FFFF").await.unwrap().status(), 404);
+        assert_eq!(get("/v1/labels/zz").await.unwrap().status(), 400);
+        assert_eq!(
+            get("/v1/labels/00A1FFFF/preview.png")
+                .await
+                .unwrap()
+                .status(),
+            404
+        );
+        let (s, v) = answer(
+            t.http
+                .delete(format!("{}/v1/labels/00A1FFFF", t.base))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(s, 404, "{v}");
+
+        // The import: every bad row named by line, nothing bound; then all of it.
+        let import = |csv: &'static str| {
+            t.http
+                .post(format!("{}/v1/labels/import", t.base))
+                .bearer_auth(&token)
+                .header("content-type", "text/csv")
+                .body(csv)
+                .send()
+        };
+        let bad = Box::leak(
+            format!(
+                "label,gtin,shelf\n00B00001,{g1},B1\n00B00002,{g9},B2\nnope,{g1},B3\n00B00001,{g2},B4\n",
+                g1 = gtin(1),
+                g2 = gtin(2),
+                g9 = gtin(9)
+            )
+            .into_boxed_str(),
+        );
+        let (s, v) = answer(import(bad).await.unwrap()).await;
+        assert_eq!(s, 422, "{v}");
+        let lines: Vec<u64> = v["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["line"].as_u64().unwrap())
+            .collect();
+        assert_eq!(lines, vec![4], "parse errors first: {v}");
+        let bad2 = Box::leak(
+            format!(
+                "label,gtin,shelf\n00B00001,{g1},B1\n00B00002,{g9},B2\n00B00001,{g2},B4\n",
+                g1 = gtin(1),
+                g2 = gtin(2),
+                g9 = gtin(9)
+            )
+            .into_boxed_str(),
+        );
+        let (s, v) = answer(import(bad2).await.unwrap()).await;
+        assert_eq!(s, 422, "{v}");
+        let lines: Vec<u64> = v["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["line"].as_u64().unwrap())
+            .collect();
+        assert_eq!(lines, vec![3, 4], "{v}");
+        assert_eq!(v["error"], "rows_refused");
+        let (_, v) = answer(get("/v1/labels").await.unwrap()).await;
+        assert_eq!(
+            v["labels"].as_array().unwrap().len(),
+            1,
+            "nothing imported: {v}"
+        );
+        let good = Box::leak(
+            format!(
+                "shelf,label,gtin,panel\nB1,00B00001,{g1},\nB2,00B00002,{g2},bwr290\n",
+                g1 = gtin(1),
+                g2 = gtin(2)
+            )
+            .into_boxed_str(),
+        );
+        let (s, v) = answer(import(good).await.unwrap()).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(
+            (v["bound"].as_u64(), v["rows"].as_u64()),
+            (Some(2), Some(2))
+        );
+        let (_, v) = answer(get("/v1/labels?limit=2").await.unwrap()).await;
+        let ids: Vec<&str> = v["labels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["label"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, vec!["00A10001", "00B00001"]);
+        assert_eq!(v["next_after"], "00B00001");
+        let (_, v) = answer(get("/v1/labels?after=00B00001").await.unwrap()).await;
+        assert_eq!(v["labels"][0]["panel"], "bwr290");
+        assert_eq!(get("/v1/labels?status=bogus").await.unwrap().status(), 400);
+
+        // Unbind.
+        let (s, v) = answer(
+            t.http
+                .delete(format!("{}/v1/labels/00B00002", t.base))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            (s.as_u16(), v["unbound"].as_bool()),
+            (200, Some(true)),
+            "{v}"
+        );
+        assert_eq!(get("/v1/labels/00B00002").await.unwrap().status(), 404);
+        t.agent.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn the_preview_is_the_firmware_drawing_of_what_the_label_confirmed() {
+        let t = start().await;
+        let l = t.agent.ledger();
+        l.stage_prices(vec![price(gtin(1), 1, 350, T0)])
+            .await
+            .unwrap();
+        l.bind_labels(vec![(0, bind(0xD1, gtin(1), "D1"))])
+            .await
+            .unwrap();
+        let url = format!("{}/v1/labels/000000D1/preview.png", t.base);
+        let (s, v) = answer(t.http.get(&url).send().await.unwrap()).await;
+        assert_eq!(
+            (s.as_u16(), v["error"].as_str()),
+            (404, Some("not_confirmed"))
+        );
+        let desired = t.http.get(format!("{url}?desired=1")).send().await.unwrap();
+        assert_eq!(desired.status(), 200);
+        assert_eq!(desired.headers()["content-type"], "image/png");
+        let desired = desired.bytes().await.unwrap();
+
+        // The label confirms 3.50 with the layer the gateway renders for the name.
+        let name = format!("Oolong tea 500ml #{}", gtin(1));
+        let renderer = NameRenderer::new(LabelFont::embedded().unwrap());
+        let text = NameText {
+            name: &name,
+            brand: None,
+            details: None,
+            badge: None,
+        };
+        let layer = renderer.render_layer(Panel::Bw290, &text).unwrap();
+        let money = Money::new(350, cny());
+        let fields = DynamicFields::from_money(money).unwrap();
+        l.commit_label_updates(vec![LabelUpdate::Confirmed {
+            label: LabelId(0xD1),
+            gtin: gtin(1),
+            version: 1,
+            batch_id: BatchId::parse("b-1").unwrap(),
+            shown: LabelShown {
+                price: money,
+                name: name.clone(),
+                panel: Panel::Bw290,
+                layer: layer.hash,
+                fields,
+                content: content_hash(Some(layer.hash), Some(&fields)).unwrap(),
+            },
+        }])
+        .await
+        .unwrap();
+        let shown = t
+            .http
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let (w, h, got) = pixels(&shown);
+        assert_eq!((w, h), (296, 128));
+        // The firmware's own drawing of that content.
+        let image = LayerImage::parse(&layer.bytes, Panel::Bw290).unwrap();
+        let mut fb = FrameBuffer::new(Panel::Bw290, vec![0u8; Panel::Bw290.frame_bytes()]).unwrap();
+        render_label(&mut fb, Some(&image), Some(&fields)).unwrap();
+        let expected: Vec<u8> = (0..128u16)
+            .flat_map(|y| (0..296u16).map(move |x| (x, y)))
+            .flat_map(|(x, y)| aisle_agent::labels::preview::rgb(fb.pixel(x, y)))
+            .collect();
+        assert_eq!(got, expected);
+        assert_eq!(
+            shown, desired,
+            "confirmed = desired once the label shows it"
+        );
+
+        // A new price: the desired preview changes, the confirmed one does not.
+        l.stage_prices(vec![price(gtin(1), 2, 299, T0)])
+            .await
+            .unwrap();
+        let again = t
+            .http
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(again, shown);
+        let desired = t
+            .http
+            .get(format!("{url}?desired=1"))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let (_, _, d) = pixels(&desired);
+        assert!(d.iter().zip(&got).filter(|(a, b)| a != b).count() > 50);
+        t.agent.shutdown().await;
+    }
+}

@@ -63,6 +63,7 @@ fn config(dir: &Path) -> AgentConfig {
             ..SyncConfig::default()
         },
         clock: ClockConfig::default(),
+        labels: None,
         footfall: None,
         pickup: Some(PickupSettings {
             staff: vec![

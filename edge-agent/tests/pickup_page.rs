@@ -250,6 +250,7 @@ async fn start_store() -> Store {
             skew_alarm_ms: 5_000,
         },
         clock: ClockConfig::default(),
+        labels: None,
         footfall: None,
         pickup: Some(PickupSettings {
             staff: vec![StaffConfig {

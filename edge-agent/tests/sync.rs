@@ -323,6 +323,7 @@ async fn agent_syncs_with_a_hub_that_speaks_the_protocol() {
             skew_alarm_ms: 5_000,
         },
         clock: ClockConfig::default(),
+        labels: None,
         footfall: None,
         pickup: None,
     };
@@ -496,6 +497,7 @@ fn quick_config(url: String, dir: &std::path::Path, upload_batch: usize) -> Agen
             skew_alarm_ms: 60_000,
         },
         clock: ClockConfig::default(),
+        labels: None,
         footfall: None,
         pickup: None,
     }

@@ -15,12 +15,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
 
 use crate::footfall::FootfallShared;
+use crate::labels::LabelsShared;
 use crate::ledger::Ledger;
 use crate::metrics::AgentMetrics;
 use crate::pickup::PickupShared;
 use crate::sync::SyncShared;
 
 mod cameras;
+mod labels;
 mod pickup_page;
 mod pickups;
 mod prices;
@@ -29,6 +31,7 @@ pub mod staff;
 mod status;
 
 pub use cameras::{PushRefusal, PushResponse, refusal_status};
+pub use labels::{ConfirmedJson, LabelJson, NotUpdatedJson, PriceJson};
 pub use pickups::{CollectedJson, HistoryJson, LineJson, MAX_PICKUP_BODY_BYTES, OrderJson};
 pub use prices::PriceResponse;
 pub use sales::{MAX_SALE_BODY_BYTES, SaleLineResponse, SaleResponse};
@@ -44,12 +47,14 @@ pub struct AppState {
     pub metrics: Arc<AgentMetrics>,
     pub footfall: Arc<FootfallShared>,
     pub pickup: Arc<PickupShared>,
+    pub labels: Arc<LabelsShared>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HttpMethod {
     Get,
     Post,
+    Delete,
 }
 
 impl HttpMethod {
@@ -57,6 +62,7 @@ impl HttpMethod {
         match self {
             HttpMethod::Get => "GET",
             HttpMethod::Post => "POST",
+            HttpMethod::Delete => "DELETE",
         }
     }
 
@@ -64,6 +70,7 @@ impl HttpMethod {
         match self {
             HttpMethod::Get => MethodFilter::GET,
             HttpMethod::Post => MethodFilter::POST,
+            HttpMethod::Delete => MethodFilter::DELETE,
         }
     }
 }
@@ -73,6 +80,12 @@ pub enum Endpoint {
     CameraCounts,
     Cameras,
     Healthz,
+    LabelBind,
+    LabelGet,
+    LabelImport,
+    LabelList,
+    LabelPreview,
+    LabelUnbind,
     Metrics,
     OpenApi,
     PickupGet,
@@ -112,6 +125,36 @@ pub const ROUTES: &[Route] = &[
         method: HttpMethod::Get,
         path: "/healthz",
         endpoint: Endpoint::Healthz,
+    },
+    Route {
+        method: HttpMethod::Get,
+        path: "/v1/labels",
+        endpoint: Endpoint::LabelList,
+    },
+    Route {
+        method: HttpMethod::Post,
+        path: "/v1/labels/bind",
+        endpoint: Endpoint::LabelBind,
+    },
+    Route {
+        method: HttpMethod::Post,
+        path: "/v1/labels/import",
+        endpoint: Endpoint::LabelImport,
+    },
+    Route {
+        method: HttpMethod::Get,
+        path: "/v1/labels/{id}",
+        endpoint: Endpoint::LabelGet,
+    },
+    Route {
+        method: HttpMethod::Delete,
+        path: "/v1/labels/{id}",
+        endpoint: Endpoint::LabelUnbind,
+    },
+    Route {
+        method: HttpMethod::Get,
+        path: "/v1/labels/{id}/preview.png",
+        endpoint: Endpoint::LabelPreview,
     },
     Route {
         method: HttpMethod::Get,
@@ -188,6 +231,17 @@ fn handler(route: &Route, state: &AppState) -> MethodRouter<AppState> {
             .layer(DefaultBodyLimit::max(state.footfall.max_payload_bytes)),
         Endpoint::Cameras => on(f, cameras::list_cameras),
         Endpoint::Healthz => on(f, status::healthz),
+        Endpoint::LabelBind => {
+            on(f, labels::bind).layer(DefaultBodyLimit::max(labels::MAX_BIND_BODY_BYTES))
+        }
+        // An import of a large store's labels is a few MiB of CSV.
+        Endpoint::LabelImport => on(f, labels::import).layer(DefaultBodyLimit::max(
+            crate::labels::import::MAX_IMPORT_BYTES,
+        )),
+        Endpoint::LabelList => on(f, labels::list),
+        Endpoint::LabelGet => on(f, labels::get_label),
+        Endpoint::LabelUnbind => on(f, labels::unbind),
+        Endpoint::LabelPreview => on(f, labels::preview),
         Endpoint::Metrics => on(f, status::metrics),
         Endpoint::OpenApi => on(f, status::openapi),
         Endpoint::PickupPage => on(f, pickup_page::page),

@@ -891,13 +891,17 @@ pub(crate) fn shelf_changes_after(
     };
     let mut gtins = HashSet::new();
     let mut labels = HashSet::new();
+    // The head first, and only events up to it: one committed later is read next time.
+    let last: Option<i64> = conn.query_row("SELECT MAX(seq) FROM events", [], |r| r.get(0))?;
+    let last = last.unwrap_or(0);
     let mut stmt = conn.prepare_cached(
         "SELECT seq, kind, json_extract(CAST(payload AS TEXT), '$.gtin'),
                 json_extract(CAST(payload AS TEXT), '$.label')
-         FROM events WHERE seq > ?1 AND kind IN ('price_activated', 'label_bound', 'label_unbound')
+         FROM events WHERE seq > ?1 AND seq <= ?2
+             AND kind IN ('price_activated', 'label_bound', 'label_unbound')
          ORDER BY seq",
     )?;
-    let mut rows = stmt.query([after_i])?;
+    let mut rows = stmt.query([after_i, last])?;
     while let Some(r) = rows.next()? {
         let seq: i64 = r.get(0)?;
         out.through = out.through.max(u64_sql(seq));
@@ -911,8 +915,7 @@ pub(crate) fn shelf_changes_after(
         }
     }
     // Events without shelf effect still move the position.
-    let last: Option<i64> = conn.query_row("SELECT MAX(seq) FROM events", [], |r| r.get(0))?;
-    out.through = out.through.max(last.map_or(0, u64_sql));
+    out.through = out.through.max(u64_sql(last));
     out.gtins = gtins.into_iter().collect();
     out.labels = labels.into_iter().collect();
     Ok(out)

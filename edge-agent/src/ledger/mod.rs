@@ -37,6 +37,7 @@ pub use labels::{
     LabelRecord, LabelRefusal, LabelShown, LabelStatus, LabelUpdate, NotUpdatedRecord,
     ShelfChanges, UpdateOutcome, WantedPrice,
 };
+pub use labels::{MAX_IMPORT_ROWS, MAX_SHELF_CHARS};
 pub use pickup::{Collection, HistoryEntry, PickupAction, PickupRecord, PickupRefusal};
 pub use pickup_state::{OrderLine, OrderStatus};
 pub use state::StagedPrice;
