@@ -25,6 +25,7 @@ pub mod api;
 pub mod changefeed;
 pub mod config;
 pub mod footfall;
+pub mod labels;
 pub mod metrics;
 pub mod pickup;
 pub mod price_batch;

@@ -670,7 +670,7 @@ async fn openapi_documents_exactly_the_routes_the_router_serves() {
         .map(|r| (r.method.to_owned(), r.path.to_owned()))
         .collect();
     assert_eq!(documented, served, "openapi.json and the router disagree");
-    assert_eq!(served.len(), 21);
+    assert_eq!(served.len(), 22);
     // And the live router really answers each of them (the fallback would say "no route").
     for (method, path) in &served {
         let path = path.replace("{id}", "S001");
@@ -1069,4 +1069,261 @@ async fn postgres_hubs_wake_each_others_long_polls() {
         .expect("the poller is done with hub a");
     a.handle.shutdown().await.unwrap();
     pg.cleanup().await.unwrap();
+}
+
+/// A label event of S001's gateway at the hub's current time.
+fn label_event(seq: u64, body: EventBody) -> LedgerEvent {
+    let now = UtcMillis::now();
+    LedgerEvent {
+        seq,
+        id: EventId::from_bytes(rand::random()),
+        hlc: Hlc {
+            wall_ms: now.0 as u64,
+            counter: 0,
+        },
+        at: now,
+        body,
+    }
+}
+
+#[tokio::test]
+async fn shelf_labels_reach_the_batch_report_and_the_stale_list() {
+    use aisle_hub::security::{Actor, NewApiToken, Role};
+    use aisle_protocol::esl::LabelId;
+
+    let hub = hub().await;
+    let created: Value = hub
+        .post_json_batch(json!({"stores": ["S001"], "prices": [row(G1, "12.80"), row(G2, "3")]}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let batch_id = created["batch_id"].as_str().unwrap().to_owned();
+    let page = hub.changes(&hub.gw, "after=0").await;
+    let version_of = |gtin: &str| {
+        page.changes
+            .iter()
+            .find_map(|c| match &c.body {
+                ChangeBody::Price(p) if p.gtin == Gtin::parse(gtin).unwrap() => {
+                    Some((p.gtin, p.version, p.batch_id.clone()))
+                }
+                _ => None,
+            })
+            .unwrap()
+    };
+    let ((g1, v1, b1), (g2, v2, b2)) = (version_of(G1), version_of(G2));
+    let events = vec![
+        label_event(
+            1,
+            EventBody::LabelBound {
+                label: LabelId(0xABCD),
+                gtin: g1,
+                shelf: "A1-01".into(),
+            },
+        ),
+        label_event(
+            2,
+            EventBody::LabelBound {
+                label: LabelId(0xABCE),
+                gtin: g1,
+                shelf: "A1-02".into(),
+            },
+        ),
+        label_event(
+            3,
+            EventBody::LabelBound {
+                label: LabelId(0xABCF),
+                gtin: g2,
+                shelf: "A2-01".into(),
+            },
+        ),
+        label_event(
+            4,
+            EventBody::LabelConfirmed {
+                label: LabelId(0xABCD),
+                gtin: g1,
+                version: v1,
+                batch_id: b1,
+            },
+        ),
+        label_event(
+            5,
+            EventBody::LabelNotUpdated {
+                label: LabelId(0xABCF),
+                gtin: g2,
+                version: v2,
+                batch_id: b2,
+                reason: "tag did not acknowledge".into(),
+            },
+        ),
+    ];
+    let upload = |evs: Vec<LedgerEvent>| {
+        hub.sync(Method::POST, "/v1/sync/events", &hub.gw)
+            .json(&json!({"events": evs}))
+            .send()
+    };
+    for _ in 0..2 {
+        // The second time is a replay: the same ack, the same report.
+        let res = upload(events.clone()).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.json::<UploadAck>().await.unwrap().acked_through, 5);
+        let progress: Value = hub
+            .hq(Method::GET, &format!("/v1/price-batches/{batch_id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            progress["stores"],
+            json!([{"store": "S001", "items": 2, "staged": 0, "active": 0}])
+        );
+        assert_eq!(
+            progress["labels"],
+            json!([{"store": "S001", "bound": 3, "confirmed": 1, "pending": 1, "failed": 1}])
+        );
+    }
+
+    let hub_ref = &hub;
+    let get = |query: &'static str| async move {
+        let res = hub_ref
+            .hq(Method::GET, &format!("/v1/stores/S001/labels{query}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{query}");
+        res.json::<Value>().await.unwrap()
+    };
+    let stale = get("?status=stale").await;
+    assert_eq!(
+        (stale["store"].as_str(), stale["status"].as_str()),
+        (Some("S001"), Some("stale"))
+    );
+    let labels = stale["labels"].as_array().unwrap();
+    let summary: Vec<_> = labels
+        .iter()
+        .map(|l| {
+            (
+                l["label"].as_str().unwrap(),
+                l["status"].as_str().unwrap(),
+                l["shelf"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("0000ABCE", "pending", "A1-02"),
+            ("0000ABCF", "failed", "A2-01")
+        ]
+    );
+    let pending = &labels[0];
+    assert_eq!(pending["gtin"], json!(g1));
+    assert_eq!(pending["current_version"], json!(v1));
+    assert_eq!(pending["shown_version"], Value::Null);
+    assert_eq!(
+        pending["stale_since"], pending["bound_at"],
+        "bound after the price took effect"
+    );
+    let as_of = aisle_hub::timefmt::parse_rfc3339(stale["as_of"].as_str().unwrap()).unwrap();
+    let since =
+        aisle_hub::timefmt::parse_rfc3339(pending["stale_since"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        pending["stale_for_s"],
+        json!((as_of.0 - since.0).max(0) / 1000)
+    );
+    assert_eq!(
+        labels[1]["not_updated"]["reason"],
+        "tag did not acknowledge"
+    );
+    assert_eq!(labels[1]["not_updated"]["version"], json!(v2));
+    assert_eq!(
+        (stale["more"].as_bool(), &stale["next_after"]),
+        (Some(false), &Value::Null)
+    );
+
+    let confirmed = get("?status=confirmed").await;
+    assert_eq!(confirmed["labels"][0]["label"], "0000ABCD");
+    assert_eq!(confirmed["labels"][0]["shown_version"], json!(v1));
+    assert_eq!(confirmed["labels"][0]["stale_since"], Value::Null);
+    assert_eq!(
+        get("?status=failed").await["labels"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let first = get("?limit=1").await;
+    assert_eq!(
+        (first["status"].as_str(), first["more"].as_bool()),
+        (Some("all"), Some(true))
+    );
+    assert_eq!(first["next_after"], "0000ABCD");
+    let second = get("?limit=1&after=0000abcd").await;
+    assert_eq!(second["labels"][0]["label"], "0000ABCE");
+
+    // Refusals: bad query, unknown store, a gateway, a token without the pricing role.
+    for (query, status) in [
+        ("S001/labels?status=lost", StatusCode::BAD_REQUEST),
+        ("S001/labels?after=12345", StatusCode::BAD_REQUEST),
+        ("S001/labels?limit=0", StatusCode::BAD_REQUEST),
+        ("S999/labels", StatusCode::NOT_FOUND),
+    ] {
+        let res = hub
+            .hq(Method::GET, &format!("/v1/stores/{query}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(error_of(res).await.0, status, "{query}");
+    }
+    let res = hub
+        .req(Method::GET, "/v1/stores/S001/labels", Some(&hub.gw))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(res).await.0, StatusCode::FORBIDDEN);
+    let orders = NewApiToken::generate();
+    hub.storage()
+        .create_api_token(&orders, "oms", Role::Orders, &Actor::cli())
+        .await
+        .unwrap();
+    let res = hub
+        .req(Method::GET, "/v1/stores/S001/labels", Some(orders.secret()))
+        .send()
+        .await
+        .unwrap();
+    let (status, err) = error_of(res).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(err.message.contains("pricing"), "{}", err.message);
+
+    // The bindings are in the audit log, once each, as the gateway's.
+    let audit: Value = hub
+        .hq(Method::GET, "/v1/audit?limit=1000")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let bound: Vec<_> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "label.bound")
+        .map(|e| {
+            (
+                e["subject"].as_str().unwrap().to_owned(),
+                e["actor"].as_str().unwrap().starts_with("gateway:gw-S001-"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        bound,
+        vec![
+            ("S001/0000ABCD".to_owned(), true),
+            ("S001/0000ABCE".to_owned(), true),
+            ("S001/0000ABCF".to_owned(), true)
+        ]
+    );
 }

@@ -34,6 +34,7 @@ pub mod audit;
 pub mod enrol;
 pub mod footfall;
 pub mod health;
+pub mod labels;
 pub mod orders;
 pub mod price_batches;
 pub mod signed;
@@ -578,6 +579,7 @@ fn table() -> RouteTable {
         .get("/v1/price-batches/{id}", price_batches::progress)
         .get("/v1/stores/{id}/sales", stores::sales)
         .get("/v1/stores/{id}/stock", stores::stock)
+        .get("/v1/stores/{id}/labels", labels::list)
         .get("/v1/stores/{id}/footfall", footfall::footfall)
         .get("/v1/stores/{id}/footfall.svg", footfall::chart)
         .post(

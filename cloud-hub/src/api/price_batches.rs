@@ -35,6 +35,21 @@ pub struct BatchProgressBody {
     pub effective_at: String,
     pub items: u64,
     pub stores: Vec<StoreProgressBody>,
+    /// Per store of the batch: its shelf labels bound to the batch's products against the
+    /// versions this batch gave them.
+    pub labels: Vec<StoreLabelsBody>,
+}
+
+/// Shelf labels of one store for one batch: `confirmed` show the batch's price (or a newer
+/// one), `failed` reported "label not updated" for it (or a newer one) and did not confirm,
+/// `pending` neither yet.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StoreLabelsBody {
+    pub store: StoreId,
+    pub bound: u64,
+    pub confirmed: u64,
+    pub pending: u64,
+    pub failed: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -103,7 +118,7 @@ pub async fn create(
     ))
 }
 
-/// `GET /v1/price-batches/{id}` (HQ): how far each store got.
+/// `GET /v1/price-batches/{id}` (HQ): how far each store got, and its shelf labels.
 pub async fn progress(
     State(state): State<AppState>,
     _auth: PricingAuth,
@@ -116,6 +131,17 @@ pub async fn progress(
         created_at: format_rfc3339(p.created_at),
         effective_at: format_rfc3339(p.effective_at),
         items: p.items,
+        labels: p
+            .stores
+            .iter()
+            .map(|s| StoreLabelsBody {
+                store: s.store.clone(),
+                bound: s.labels.bound,
+                confirmed: s.labels.confirmed,
+                pending: s.labels.pending(),
+                failed: s.labels.failed,
+            })
+            .collect(),
         stores: p
             .stores
             .into_iter()

@@ -242,6 +242,10 @@ pub mod action {
     pub const ENROLMENT_CREATED: &str = "enrolment.created";
     pub const ENROLMENT_SUCCEEDED: &str = "enrolment.succeeded";
     pub const ENROLMENT_REFUSED: &str = "enrolment.refused";
+    /// A store bound a shelf label to a product (uploaded with the store's events).
+    pub const LABEL_BOUND: &str = "label.bound";
+    /// A store took a shelf label off the shelf.
+    pub const LABEL_UNBOUND: &str = "label.unbound";
 }
 
 /// One entry of the audit log as stored.

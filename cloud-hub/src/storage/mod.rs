@@ -9,6 +9,8 @@
 //! - Uploads are stored under UNIQUE (gateway, seq) with the gateway's row locked, and every side
 //!   effect (sale, stock delta, batch progress, footfall row, pickup transition) is keyed by event
 //!   id: replays change nothing.
+//! - Shelf labels change only through [`crate::labels::LabelBook`], each label event once (by
+//!   event id), in the upload's transaction; a binding or unbinding is audited there.
 //! - Pickup orders move only through [`crate::pickup::machine`], with their status history,
 //!   stock, conflicts and webhook outbox rows written in the same transaction as the cause.
 //! - The audit log is append-only (triggers refuse UPDATE and DELETE) and hash-chained; an
@@ -30,6 +32,7 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 use crate::changefeed::ChangeSubscription;
+use crate::labels::{LabelCounts, LabelPage, LabelQuery, NotUpdated, ShelfLabel, Shown};
 use crate::pickup::{
     CancelReceipt, NewOrder, OrderFilter, OrderReceipt, OrderSummary, OrderView, WebhookDelivery,
 };
@@ -41,9 +44,11 @@ use crate::security::{
 };
 
 pub mod postgres;
+mod postgres_labels;
 mod postgres_orders;
 mod postgres_security;
 pub mod sqlite;
+mod sqlite_labels;
 mod sqlite_orders;
 mod sqlite_security;
 
@@ -58,7 +63,10 @@ pub use sqlite::SqliteStorage;
 /// would refuse the stores' pickup events and neither expire orders nor deliver webhooks.
 /// 4: security: HQ API tokens, the append-only audit log, enrolment codes, gateway keys and
 /// request nonces. An older hub would neither audit nor honour tokens and enrolled gateways.
-pub const SCHEMA_VERSION: i64 = 4;
+/// 5: shelf labels: `price_versions` (every version issued, backfilled from `prices` and the
+/// changefeed), `shelf_labels` and `label_events`. An older hub would store label events
+/// without their effect and issue prices without their history.
+pub const SCHEMA_VERSION: i64 = 5;
 /// Most buckets one footfall query may span.
 pub const MAX_FOOTFALL_BUCKETS: i64 = 3_000;
 /// One UTC day in milliseconds.
@@ -290,13 +298,15 @@ pub struct BatchProgress {
     pub stores: Vec<StoreProgress>,
 }
 
-/// Progress of one batch at one store: distinct GTINs the store reported staged / active.
+/// Progress of one batch at one store: distinct GTINs the store reported staged / active, and
+/// its shelf labels of the batch's products against the batch's versions.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoreProgress {
     pub store: StoreId,
     pub items: u64,
     pub staged: u64,
     pub active: u64,
+    pub labels: LabelCounts,
 }
 
 /// Where a sales read starts.
@@ -606,6 +616,15 @@ pub trait HubStorage: Send + Sync + fmt::Debug {
         store: &StoreId,
         adjustment: &NewStockAdjustment,
     ) -> Result<AdjustmentReceipt, StorageError>;
+
+    /// The bound shelf labels of `store` that match the query, in label id order, each with the
+    /// current price version of its GTIN (the highest whose `effective_at` is at or before
+    /// `query.now`) and since when it has been stale (see [`crate::labels`]).
+    async fn store_labels(
+        &self,
+        store: &StoreId,
+        query: &LabelQuery,
+    ) -> Result<LabelPage, StorageError>;
 
     /// Footfall and transactions of `store` in the query's `[from, to)`, summed per bucket
     /// (aligned to UTC), in bucket order. A bucket with no footfall event and no sale is absent.
@@ -1071,6 +1090,9 @@ pub(crate) enum SideEffect<'a> {
     Footfall(&'a FootfallInterval),
     /// A pickup event about this order (applied through [`crate::pickup::machine`]).
     Pickup(&'a OrderId),
+    /// A shelf-label event (applied through [`crate::labels::LabelBook`], after the upload's
+    /// other events, in event order).
+    Label,
     None,
 }
 
@@ -1134,11 +1156,10 @@ pub(crate) fn side_effect(body: &EventBody) -> SideEffect<'_> {
         | EventBody::PickupCancelApplied { order_id, .. }
         | EventBody::PickupCancelConflict { order_id, .. }
         | EventBody::PickupExpired { order_id } => SideEffect::Pickup(order_id),
-        // Stored with the other events; the label status tables come with the label report.
         EventBody::LabelBound { .. }
         | EventBody::LabelUnbound { .. }
         | EventBody::LabelConfirmed { .. }
-        | EventBody::LabelNotUpdated { .. } => SideEffect::None,
+        | EventBody::LabelNotUpdated { .. } => SideEffect::Label,
     }
 }
 
@@ -1282,6 +1303,167 @@ pub(crate) fn merge_footfall(
         at(&mut out, start).transactions = to_u64(n, "transactions")?;
     }
     Ok(out.into_values().collect())
+}
+
+/// An audit entry ready to insert: its seq, detail JSON and chained hash.
+pub(crate) struct ChainedAudit<'a> {
+    pub seq: i64,
+    pub entry: &'a AuditInput,
+    pub detail: String,
+    pub hash: [u8; 32],
+}
+
+/// Chains `entries` after the log's head (`None`: the log is empty), all recorded `at`.
+pub(crate) fn chain_audit<'a>(
+    head: Option<(i64, Vec<u8>)>,
+    entries: &'a [AuditInput],
+    at: UtcMillis,
+) -> Result<Vec<ChainedAudit<'a>>, StorageError> {
+    let (mut seq, mut prev) = match head {
+        None => (0, AUDIT_GENESIS),
+        Some((seq, hash)) => (
+            to_u64(seq, "audit seq")?,
+            hash.try_into()
+                .map_err(|_| StorageError::Corrupt(format!("audit entry {seq}: bad hash")))?,
+        ),
+    };
+    let mut out = Vec::with_capacity(entries.len());
+    for entry in entries {
+        seq += 1;
+        let detail = encode_json(&entry.detail)?;
+        let hash = crate::security::audit_hash(
+            &prev,
+            seq,
+            at.0,
+            entry.actor.as_str(),
+            entry.action,
+            &entry.subject,
+            &detail,
+        );
+        prev = hash;
+        out.push(ChainedAudit {
+            seq: to_i64(seq, "audit seq")?,
+            entry,
+            detail,
+            hash,
+        });
+    }
+    Ok(out)
+}
+
+/// A `shelf_labels` row as both backends read it.
+pub(crate) struct LabelColumns {
+    pub label_id: i64,
+    pub gtin: String,
+    pub shelf: String,
+    pub bound_at: i64,
+    pub confirmed_version: Option<i64>,
+    pub confirmed_batch: Option<String>,
+    pub confirmed_at: Option<i64>,
+    pub not_updated_version: Option<i64>,
+    pub not_updated_batch: Option<String>,
+    pub not_updated_at: Option<i64>,
+    pub not_updated_reason: Option<String>,
+}
+
+/// The columns of `shelf_labels` in [`LabelColumns`] order (prefix with a table alias if needed).
+pub(crate) const LABEL_COLUMNS: &str = "label_id, gtin, shelf, bound_at, confirmed_version, confirmed_batch, confirmed_at, not_updated_version, not_updated_batch, not_updated_at, not_updated_reason";
+
+impl LabelColumns {
+    pub(crate) fn decode(self) -> Result<ShelfLabel, StorageError> {
+        let label = u32::try_from(self.label_id).map_err(|_| {
+            StorageError::Corrupt(format!("label id {} is out of range", self.label_id))
+        })?;
+        let batch = |b: Option<String>| -> Result<BatchId, StorageError> {
+            BatchId::parse(b.as_deref().unwrap_or_default())
+                .map_err(|e| StorageError::Corrupt(format!("label {label:08X}: {e}")))
+        };
+        let confirmed = match (self.confirmed_version, self.confirmed_at) {
+            (Some(v), Some(at)) => Some(Shown {
+                version: to_u64(v, "confirmed version")?,
+                batch_id: batch(self.confirmed_batch)?,
+                at: UtcMillis(at),
+            }),
+            _ => None,
+        };
+        let not_updated = match (self.not_updated_version, self.not_updated_at) {
+            (Some(v), Some(at)) => Some(NotUpdated {
+                version: to_u64(v, "not-updated version")?,
+                batch_id: batch(self.not_updated_batch)?,
+                at: UtcMillis(at),
+                reason: self.not_updated_reason.unwrap_or_default(),
+            }),
+            _ => None,
+        };
+        Ok(ShelfLabel {
+            label: aisle_protocol::esl::LabelId(label),
+            gtin: parse_gtin(&self.gtin)?,
+            shelf: self.shelf,
+            bound_at: UtcMillis(self.bound_at),
+            confirmed,
+            not_updated,
+        })
+    }
+}
+
+/// A `shelf_labels` row to write, as both backends bind it.
+pub(crate) struct LabelValues<'a> {
+    pub label_id: i64,
+    pub gtin: &'a str,
+    pub shelf: &'a str,
+    pub bound_at: i64,
+    pub confirmed_version: Option<i64>,
+    pub confirmed_batch: Option<&'a str>,
+    pub confirmed_at: Option<i64>,
+    pub not_updated_version: Option<i64>,
+    pub not_updated_batch: Option<&'a str>,
+    pub not_updated_at: Option<i64>,
+    pub not_updated_reason: Option<&'a str>,
+}
+
+impl<'a> LabelValues<'a> {
+    pub(crate) fn of(l: &'a ShelfLabel) -> Result<Self, StorageError> {
+        Ok(LabelValues {
+            label_id: i64::from(l.label.0),
+            gtin: l.gtin.as_str(),
+            shelf: &l.shelf,
+            bound_at: l.bound_at.0,
+            confirmed_version: l
+                .confirmed
+                .as_ref()
+                .map(|c| to_i64(c.version, "version"))
+                .transpose()?,
+            confirmed_batch: l.confirmed.as_ref().map(|c| c.batch_id.as_str()),
+            confirmed_at: l.confirmed.as_ref().map(|c| c.at.0),
+            not_updated_version: l
+                .not_updated
+                .as_ref()
+                .map(|n| to_i64(n.version, "version"))
+                .transpose()?,
+            not_updated_batch: l.not_updated.as_ref().map(|n| n.batch_id.as_str()),
+            not_updated_at: l.not_updated.as_ref().map(|n| n.at.0),
+            not_updated_reason: l.not_updated.as_ref().map(|n| n.reason.as_str()),
+        })
+    }
+}
+
+/// The `price_versions` columns (gtin, version, batch, effective_at) of a stored price change
+/// (schema upgrade to 5).
+pub(crate) type PriceVersionRow = (String, i64, String, i64);
+
+pub(crate) fn price_version_of(
+    seq: i64,
+    body: &str,
+) -> Result<Option<PriceVersionRow>, StorageError> {
+    match decode_change(seq, body)?.body {
+        ChangeBody::Price(p) => Ok(Some((
+            p.gtin.as_str().to_owned(),
+            to_i64(p.version, "version")?,
+            p.batch_id.as_str().to_owned(),
+            p.effective_at.0,
+        ))),
+        _ => Ok(None),
+    }
 }
 
 /// Stock delta key of a sale line (unique per event and line).

@@ -31,8 +31,9 @@ use super::{
     redact_url, sale_delta_key, side_effect, split_upload, to_i64, to_u64, validate_upload,
     version_floor,
 };
-use super::{postgres_orders, postgres_security};
+use super::{postgres_labels, postgres_orders, postgres_security};
 use crate::changefeed::{ChangeFeed, ChangeSubscription, NOTIFY_CHANNEL, PgChangeListener};
+use crate::labels::{LabelPage, LabelQuery};
 use crate::pickup::{
     CancelReceipt, NewOrder, OrderFilter, OrderReceipt, OrderSummary, OrderView, WebhookDelivery,
 };
@@ -142,6 +143,11 @@ async fn migrate(client: &mut Object) -> Result<(), StorageError> {
             }
             // 3 adds the pickup tables (created above, empty): a version 2 hub refused pickup
             // events, so there is nothing to derive. 4 adds the security tables, empty too.
+            // 5 adds the label tables (a version 4 hub kept no label state to derive; its
+            // label events stay stored, unapplied) and the history of issued prices.
+            if v < 5 {
+                postgres_labels::backfill_price_versions(&tx).await?;
+            }
             tx.execute(
                 "INSERT INTO schema_version (version) VALUES ($1)",
                 &[&SCHEMA_VERSION],
@@ -505,9 +511,23 @@ impl HubStorage for PgStorage {
                 )
                 .await?;
             let mut versions: HashMap<String, i64> = HashMap::with_capacity(rows.len());
+            let (mut issued_gtins, mut issued) = (Vec::with_capacity(rows.len()), Vec::new());
             for row in &rows {
-                versions.insert(row.try_get("gtin")?, row.try_get("version")?);
+                let (gtin, version): (String, i64) =
+                    (row.try_get("gtin")?, row.try_get("version")?);
+                issued_gtins.push(gtin.clone());
+                issued.push(version);
+                versions.insert(gtin, version);
             }
+            postgres_labels::insert_price_versions(
+                &tx,
+                store.id.as_str(),
+                &issued_gtins,
+                &issued,
+                &batch_id,
+                effective_at,
+            )
+            .await?;
             let mut change_versions = Vec::with_capacity(items.len());
             let mut bodies = Vec::with_capacity(items.len());
             for item in items {
@@ -594,10 +614,14 @@ impl HubStorage for PgStorage {
                 &[&batch.as_str()],
             )
             .await?;
+        let mut labels = postgres_labels::batch_label_counts(&tx, batch).await?;
         tx.commit().await?;
         let mut stores = Vec::with_capacity(rows.len());
         for r in &rows {
             stores.push(StoreProgress {
+                labels: labels
+                    .remove(r.try_get::<_, &str>("store_id")?)
+                    .unwrap_or_default(),
                 store: parse_store_id(r.try_get("store_id")?)?,
                 items: to_u64(r.try_get("items")?, "items")?,
                 staged: to_u64(r.try_get("staged")?, "staged")?,
@@ -906,6 +930,14 @@ impl HubStorage for PgStorage {
             seq: to_u64(seq, "seq")?,
             created: true,
         })
+    }
+
+    async fn store_labels(
+        &self,
+        store: &StoreId,
+        query: &LabelQuery,
+    ) -> Result<LabelPage, StorageError> {
+        postgres_labels::read_labels(&self.client().await?, store, query).await
     }
 
     async fn footfall(
@@ -1272,6 +1304,7 @@ async fn store_fresh_events(
     let mut sale_events = Vec::new();
     let mut footfall = Vec::new();
     let mut pickups = Vec::new();
+    let mut labels = Vec::new();
     let (mut p_ids, mut p_batches, mut p_gtins, mut p_versions, mut p_kinds) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (ev, id) in fresh.iter().zip(&ids) {
@@ -1291,6 +1324,7 @@ async fn store_fresh_events(
             }
             SideEffect::Footfall(f) => footfall.push(FootfallRow::new(&ev.id, ev.at, f)?),
             SideEffect::Pickup(order) => pickups.push((ev, order)),
+            SideEffect::Label => labels.push(ev),
             SideEffect::None => {}
         }
     }
@@ -1309,8 +1343,10 @@ async fn store_fresh_events(
     if !sale_events.is_empty() {
         store_sales(tx, gateway, store, &sale_events, received_at).await?;
     }
-    // After the sales: every upload takes its locks in the same order (see postgres_orders).
-    postgres_orders::apply_store_events(tx, store, &pickups, received_at).await
+    // After the sales: every upload takes its locks in the same order (see postgres_orders),
+    // labels (and their audit entries) last.
+    postgres_orders::apply_store_events(tx, store, &pickups, received_at).await?;
+    postgres_labels::apply_label_events(tx, gateway, store, &labels, received_at).await
 }
 
 /// Inserts new sales and, for each newly stored one, its stock deltas.

@@ -4,7 +4,7 @@
 //! The audit chain has one head shared by every hub process: an append takes [`AUDIT_LOCK`]
 //! (`pg_advisory_xact_lock`), reads the head and inserts, and holds the lock to commit. It is
 //! always the last lock a transaction takes, so it adds no lock-order cycle with
-//! `CHANGEFEED_LOCK`, `SALES_LOCK` or `PICKUP_LOCK`.
+//! `CHANGEFEED_LOCK`, `SALES_LOCK`, `PICKUP_LOCK` or `LABELS_LOCK`.
 use aisle_protocol::auth::MAX_CLOCK_SKEW_MS;
 use aisle_protocol::{GatewayId, UtcMillis};
 use deadpool_postgres::GenericClient;
@@ -14,12 +14,11 @@ use tokio_postgres::Row;
 use super::postgres::require_store;
 use super::prune_now;
 use super::{
-    GatewayCredential, StorageError, encode_json, parse_gateway_id, parse_store_id, to_i64, to_u64,
+    GatewayCredential, StorageError, chain_audit, parse_gateway_id, parse_store_id, to_i64, to_u64,
 };
 use crate::security::{
-    AUDIT_GENESIS, Actor, ApiTokenInfo, AuditEntry, AuditInput, EnrolAttempt, EnrolRefusal,
-    EnrolledGateway, GatewayInfo, GatewayKey, NewApiToken, NewEnrolment, NonceOutcome, Role,
-    action, audit_hash,
+    Actor, ApiTokenInfo, AuditEntry, AuditInput, EnrolAttempt, EnrolRefusal, EnrolledGateway,
+    GatewayInfo, GatewayKey, NewApiToken, NewEnrolment, NonceOutcome, Role, action,
 };
 
 /// Advisory lock serialising appends to the audit chain.
@@ -31,6 +30,19 @@ pub(super) async fn append_audit<C: GenericClient>(
     entry: &AuditInput,
     at: UtcMillis,
 ) -> Result<(), StorageError> {
+    append_audits(c, std::slice::from_ref(entry), at).await
+}
+
+/// Appends `entries`, in order, in one statement, inside the caller's transaction (last step
+/// before commit: it takes [`AUDIT_LOCK`]).
+pub(super) async fn append_audits<C: GenericClient>(
+    c: &C,
+    entries: &[AuditInput],
+    at: UtcMillis,
+) -> Result<(), StorageError> {
+    if entries.is_empty() {
+        return Ok(());
+    }
     c.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])
         .await?;
     let head = c
@@ -38,41 +50,23 @@ pub(super) async fn append_audit<C: GenericClient>(
             "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
             &[],
         )
-        .await?;
-    let (prev_seq, prev_hash) = match head {
-        None => (0, AUDIT_GENESIS),
-        Some(row) => {
-            let seq: i64 = row.try_get(0)?;
-            let hash: Vec<u8> = row.try_get(1)?;
-            (
-                to_u64(seq, "audit seq")?,
-                hash.try_into()
-                    .map_err(|_| StorageError::Corrupt(format!("audit entry {seq}: bad hash")))?,
-            )
-        }
-    };
-    let seq = prev_seq + 1;
-    let detail = encode_json(&entry.detail)?;
-    let hash = audit_hash(
-        &prev_hash,
-        seq,
-        at.0,
-        entry.actor.as_str(),
-        entry.action,
-        &entry.subject,
-        &detail,
-    );
+        .await?
+        .map(|row| Ok::<_, StorageError>((row.try_get(0)?, row.try_get(1)?)))
+        .transpose()?;
+    let chained = chain_audit(head, entries, at)?;
+    let seqs: Vec<i64> = chained.iter().map(|a| a.seq).collect();
+    let actors: Vec<&str> = chained.iter().map(|a| a.entry.actor.as_str()).collect();
+    let actions: Vec<&str> = chained.iter().map(|a| a.entry.action).collect();
+    let subjects: Vec<&str> = chained.iter().map(|a| a.entry.subject.as_str()).collect();
+    let details: Vec<&str> = chained.iter().map(|a| a.detail.as_str()).collect();
+    let hashes: Vec<&[u8]> = chained.iter().map(|a| a.hash.as_slice()).collect();
     c.execute(
         "INSERT INTO audit_log (seq, at, actor, action, subject, detail, hash)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+         SELECT t.seq, $1, t.actor, t.action, t.subject, t.detail, t.hash
+           FROM unnest($2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bytea[])
+             AS t(seq, actor, action, subject, detail, hash)",
         &[
-            &to_i64(seq, "audit seq")?,
-            &at.0,
-            &entry.actor.as_str(),
-            &entry.action,
-            &entry.subject,
-            &detail,
-            &hash.as_slice(),
+            &at.0, &seqs, &actors, &actions, &subjects, &details, &hashes,
         ],
     )
     .await?;

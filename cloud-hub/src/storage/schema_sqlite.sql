@@ -323,3 +323,45 @@ CREATE TABLE IF NOT EXISTS gateway_nonces (
     PRIMARY KEY (gateway_id, nonce)
 );
 CREATE INDEX IF NOT EXISTS gateway_nonces_expiry ON gateway_nonces (expires_at);
+
+-- ---- shelf labels (schema 5) ----
+
+-- Every price version the hub issued per (store, GTIN), kept after compaction: what a shelf
+-- label should show, and from when.
+CREATE TABLE IF NOT EXISTS price_versions (
+    store_id     TEXT NOT NULL,
+    gtin         TEXT NOT NULL,
+    version      INTEGER NOT NULL,
+    batch_id     TEXT NOT NULL,
+    effective_at INTEGER NOT NULL,
+    PRIMARY KEY (store_id, gtin, version)
+);
+CREATE INDEX IF NOT EXISTS price_versions_by_batch ON price_versions (batch_id, store_id, gtin);
+
+-- The labels each store bound (label_id is the tag's 32-bit address), and what each confirmed
+-- it shows or reported it could not show (see labels.rs). An unbound label has no row.
+CREATE TABLE IF NOT EXISTS shelf_labels (
+    store_id            TEXT NOT NULL,
+    label_id            INTEGER NOT NULL,
+    gtin                TEXT NOT NULL,
+    shelf               TEXT NOT NULL,
+    bound_at            INTEGER NOT NULL,
+    confirmed_version   INTEGER,
+    confirmed_batch     TEXT,
+    confirmed_at        INTEGER,
+    not_updated_version INTEGER,
+    not_updated_batch   TEXT,
+    not_updated_at      INTEGER,
+    not_updated_reason  TEXT,
+    PRIMARY KEY (store_id, label_id)
+);
+CREATE INDEX IF NOT EXISTS shelf_labels_by_gtin ON shelf_labels (store_id, gtin);
+
+-- Label events, one row per event id: the key of their side effects (a replayed event, even
+-- under another gateway or seq, changes nothing). Payloads stay in `events`.
+CREATE TABLE IF NOT EXISTS label_events (
+    event_id TEXT PRIMARY KEY,
+    store_id TEXT NOT NULL,
+    label_id INTEGER NOT NULL,
+    kind     TEXT NOT NULL
+);

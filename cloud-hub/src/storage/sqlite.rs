@@ -27,8 +27,9 @@ use super::{
     merge_footfall, new_batch_id, now, page_of, parse_currency, parse_gtin, parse_store_id,
     sale_delta_key, side_effect, split_upload, to_i64, to_u64, validate_upload, version_floor,
 };
-use super::{sqlite_orders, sqlite_security};
+use super::{sqlite_labels, sqlite_orders, sqlite_security};
 use crate::changefeed::{ChangeFeed, ChangeSubscription};
+use crate::labels::{LabelPage, LabelQuery};
 use crate::pickup::{
     CancelReceipt, NewOrder, OrderFilter, OrderReceipt, OrderSummary, OrderView, WebhookDelivery,
 };
@@ -201,6 +202,11 @@ fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
             }
             // 3 adds the pickup tables (created above, empty): a version 2 hub refused pickup
             // events, so there is nothing to derive. 4 adds the security tables, empty too.
+            // 5 adds the label tables (a version 4 hub kept no label state to derive; its
+            // label events stay stored, unapplied) and the history of issued prices.
+            if v < 5 {
+                sqlite_labels::backfill_price_versions(&tx)?;
+            }
             tx.execute(
                 "INSERT INTO schema_version (version) VALUES (?1)",
                 [SCHEMA_VERSION],
@@ -398,6 +404,14 @@ fn insert_price_batch(
                     ],
                     |r| r.get(0),
                 )?;
+                sqlite_labels::insert_price_version(
+                    &tx,
+                    store.id.as_str(),
+                    item.gtin.as_str(),
+                    version,
+                    &batch_id,
+                    effective_at,
+                )?;
                 let body = encode_json(&ChangeBody::Price(PriceChange {
                     gtin: item.gtin,
                     version: to_u64(version, "price version")?,
@@ -535,6 +549,7 @@ fn ingest(
              VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
         )?;
         let mut insert_footfall_row = tx.prepare(INSERT_FOOTFALL)?;
+        let mut label_events = Vec::new();
         for ev in fresh {
             let event_id = ev.id.to_hex();
             insert_event.execute(params![
@@ -596,9 +611,11 @@ fn ingest(
                 SideEffect::Pickup(order) => {
                     sqlite_orders::apply_store_event(&tx, &store, ev, order, received_at)?;
                 }
+                SideEffect::Label => label_events.push(ev),
                 SideEffect::None => {}
             }
         }
+        sqlite_labels::apply_label_events(&tx, gateway, &store, &label_events, received_at)?;
     }
     let acked_through = fresh.last().map_or(acked, |ev| ev.seq);
     tx.execute(
@@ -771,10 +788,12 @@ fn read_progress(conn: &mut Connection, batch: &BatchId) -> Result<BatchProgress
             r.get::<_, i64>(3)?,
         ))
     })?;
+    let mut labels = sqlite_labels::batch_label_counts(&tx, batch)?;
     let mut stores = Vec::new();
     for row in rows {
         let (store, items, staged, active) = row?;
         stores.push(StoreProgress {
+            labels: labels.remove(&store).unwrap_or_default(),
             store: parse_store_id(&store)?,
             items: to_u64(items, "items")?,
             staged: to_u64(staged, "staged")?,
@@ -1071,6 +1090,17 @@ impl HubStorage for SqliteStorage {
             self.feed.wake(store);
         }
         Ok(receipt)
+    }
+
+    async fn store_labels(
+        &self,
+        store: &StoreId,
+        query: &LabelQuery,
+    ) -> Result<LabelPage, StorageError> {
+        let store = store.clone();
+        let query = *query;
+        self.read(move |conn| sqlite_labels::read_labels(conn, &store, &query))
+            .await
     }
 
     async fn footfall(

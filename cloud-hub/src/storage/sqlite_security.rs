@@ -9,12 +9,11 @@ use serde_json::json;
 use super::prune_now;
 use super::sqlite::{immediate, require_store};
 use super::{
-    GatewayCredential, StorageError, encode_json, parse_gateway_id, parse_store_id, to_i64, to_u64,
+    GatewayCredential, StorageError, chain_audit, parse_gateway_id, parse_store_id, to_i64, to_u64,
 };
 use crate::security::{
-    AUDIT_GENESIS, Actor, ApiTokenInfo, AuditEntry, AuditInput, EnrolAttempt, EnrolRefusal,
-    EnrolledGateway, GatewayInfo, GatewayKey, NewApiToken, NewEnrolment, NonceOutcome, Role,
-    action, audit_hash,
+    Actor, ApiTokenInfo, AuditEntry, AuditInput, EnrolAttempt, EnrolRefusal, EnrolledGateway,
+    GatewayInfo, GatewayKey, NewApiToken, NewEnrolment, NonceOutcome, Role, action,
 };
 
 /// Appends `entry` to the audit log inside the caller's transaction.
@@ -23,6 +22,18 @@ pub(super) fn append_audit(
     entry: &AuditInput,
     at: UtcMillis,
 ) -> Result<(), StorageError> {
+    append_audits(c, std::slice::from_ref(entry), at)
+}
+
+/// Appends `entries`, in order, to the audit log inside the caller's transaction.
+pub(super) fn append_audits(
+    c: &Connection,
+    entries: &[AuditInput],
+    at: UtcMillis,
+) -> Result<(), StorageError> {
+    if entries.is_empty() {
+        return Ok(());
+    }
     let head: Option<(i64, Vec<u8>)> = c
         .query_row(
             "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
@@ -30,38 +41,21 @@ pub(super) fn append_audit(
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?;
-    let (prev_seq, prev_hash) = match head {
-        None => (0, AUDIT_GENESIS),
-        Some((seq, hash)) => (
-            to_u64(seq, "audit seq")?,
-            hash.try_into()
-                .map_err(|_| StorageError::Corrupt(format!("audit entry {seq}: bad hash")))?,
-        ),
-    };
-    let seq = prev_seq + 1;
-    let detail = encode_json(&entry.detail)?;
-    let hash = audit_hash(
-        &prev_hash,
-        seq,
-        at.0,
-        entry.actor.as_str(),
-        entry.action,
-        &entry.subject,
-        &detail,
-    );
-    c.execute(
+    let mut insert = c.prepare_cached(
         "INSERT INTO audit_log (seq, at, actor, action, subject, detail, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![
-            to_i64(seq, "audit seq")?,
-            at.0,
-            entry.actor.as_str(),
-            entry.action,
-            entry.subject,
-            detail,
-            hash.to_vec()
-        ],
     )?;
+    for a in chain_audit(head, entries, at)? {
+        insert.execute(params![
+            a.seq,
+            at.0,
+            a.entry.actor.as_str(),
+            a.entry.action,
+            a.entry.subject,
+            a.detail,
+            a.hash.to_vec()
+        ])?;
+    }
     Ok(())
 }
 
