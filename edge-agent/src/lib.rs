@@ -92,7 +92,6 @@ impl Agent {
             addr: config.listen,
             source,
         })?;
-        let client = HubClient::new(&config.hub_url, &config.credential, clock.clone())?;
         let shared = Arc::new(SyncShared::new(
             config.store.clone(),
             config.sync.skew_alarm_ms,

@@ -40,34 +40,7 @@ enum Command {
     },
     /// Enrol this gateway with a one-time code from HQ: makes the gateway's key, pins the hub's
     /// TLS certificate and writes the configuration (all or nothing).
-    Enroll(EnrollArgs),
-}
-
-#[derive(Debug, clap::Args)]
-struct EnrollArgs {
-    /// The hub, e.g. https://hub.example.com:7400.
-    #[arg(long, value_name = "URL")]
-    hub: String,
-    /// The one-time code HQ gave (`XXXX-XXXX-XXXX`; case and dashes do not matter).
-    #[arg(long, value_name = "CODE")]
-    code: String,
-    /// The gateway's data directory (its key and ledger live there).
-    #[arg(long, value_name = "DIR")]
-    data: PathBuf,
-    /// Where to write the configuration (default: DIR/agent.toml). Other settings in an existing
-    /// file are kept.
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// The hub certificate's SHA-256 from HQ (`aisle-hub tls fingerprint`). Without it the
-    /// certificate the hub presents now is pinned (trust on first use).
-    #[arg(long, value_name = "SHA256")]
-    hub_fingerprint: Option<String>,
-    /// A name for this gateway at HQ (default: the host name).
-    #[arg(long)]
-    name: Option<String>,
-    /// Replace an existing enrolment.
-    #[arg(long)]
-    force: bool,
+    Enroll(aisle_agent::provisioning::commands::EnrollArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -122,7 +95,7 @@ fn main() -> ExitCode {
         Command::Labels {
             command: LabelsCommand::Import { data, panel, file },
         } => import_labels(data, &panel, file),
-        Command::Enroll(args) => enroll(args),
+        Command::Enroll(args) => aisle_agent::provisioning::commands::enroll(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -219,45 +192,6 @@ fn hash_pin() -> anyhow::Result<()> {
     let pin = input.lines().next().unwrap_or("").trim_end_matches('\r');
     let hash = aisle_agent::pickup::staff::hash_pin(pin).map_err(anyhow::Error::msg)?;
     println!("{hash}");
-    Ok(())
-}
-
-fn enroll(args: EnrollArgs) -> anyhow::Result<()> {
-    use aisle_agent::provisioning::enrol::{EnrolOptions, enrol};
-    let opts = EnrolOptions {
-        hub_url: args.hub,
-        code: args.code,
-        data_dir: args.data,
-        config_path: args.config,
-        hub_fingerprint: args.hub_fingerprint,
-        name: args.name,
-        force: args.force,
-    };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let done = rt.block_on(enrol(&opts, Arc::new(SystemClock)))?;
-    println!(
-        "enrolled: gateway {} for store {}",
-        done.gateway_id, done.store
-    );
-    println!("  configuration: {}", done.config_path.display());
-    println!(
-        "  key (mode 0600, never copy it): {}",
-        done.key_path.display()
-    );
-    match &done.hub_fingerprint {
-        Some(fp) if done.trusted_on_first_use => println!(
-            "  hub certificate pinned on first use: {fp}\n  compare it with `aisle-hub tls fingerprint` at HQ"
-        ),
-        Some(fp) => println!("  hub certificate pinned: {fp}"),
-        None => println!("  WARNING: the hub serves plain HTTP; nothing is pinned"),
-    }
-    println!(
-        "next: aisle-agent doctor --config {}",
-        done.config_path.display()
-    );
     Ok(())
 }
 

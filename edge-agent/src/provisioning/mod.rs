@@ -5,6 +5,7 @@
 //! is sent, once, at enrolment); no secret (key, enrolment code, bearer credential) is ever in
 //! a log line or an error message; an enrolment either leaves a complete, valid configuration
 //! and key on disk or nothing new at all.
+pub mod commands;
 pub mod enrol;
 pub mod files;
 pub mod key;

@@ -1,0 +1,76 @@
+//! The technician's commands (`aisle-agent enroll`), kept here so `main.rs` only dispatches.
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use super::enrol::{EnrolOptions, enrol};
+use crate::clock::SystemClock;
+
+/// `aisle-agent enroll`.
+#[derive(Debug, clap::Args)]
+pub struct EnrollArgs {
+    /// The hub, e.g. https://hub.example.com:7400.
+    #[arg(long, value_name = "URL")]
+    pub hub: String,
+    /// The one-time code HQ gave (`XXXX-XXXX-XXXX`; case and dashes do not matter).
+    #[arg(long, value_name = "CODE")]
+    pub code: String,
+    /// The gateway's data directory (its key and ledger live there).
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+    /// Where to write the configuration (default: DIR/agent.toml). Other settings in an
+    /// existing file are kept.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The hub certificate's SHA-256 from HQ (`aisle-hub tls fingerprint`). Without it the
+    /// certificate the hub presents now is pinned (trust on first use).
+    #[arg(long, value_name = "SHA256")]
+    pub hub_fingerprint: Option<String>,
+    /// A name for this gateway at HQ (default: the host name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Replace an existing enrolment.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Runs `aisle-agent enroll` and prints what was done and what to do next.
+pub fn enroll(args: EnrollArgs) -> anyhow::Result<()> {
+    let opts = EnrolOptions {
+        hub_url: args.hub,
+        code: args.code,
+        data_dir: args.data,
+        config_path: args.config,
+        hub_fingerprint: args.hub_fingerprint,
+        name: args.name,
+        force: args.force,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let done = rt.block_on(enrol(&opts, Arc::new(SystemClock)))?;
+    println!(
+        "enrolled: gateway {} for store {}",
+        done.gateway_id, done.store
+    );
+    println!("  configuration: {}", done.config_path.display());
+    println!(
+        "  key (mode 0600, never copy it): {}",
+        done.key_path.display()
+    );
+    match &done.hub_fingerprint {
+        Some(fp) if done.trusted_on_first_use => println!(
+            "  hub certificate pinned on first use: {fp}\n  compare it with `aisle-hub tls \
+             fingerprint` at HQ"
+        ),
+        Some(fp) => println!("  hub certificate pinned: {fp}"),
+        None => println!("  WARNING: the hub serves plain HTTP; nothing is pinned"),
+    }
+    println!(
+        "next: aisle-agent doctor --config {}",
+        done.config_path.display()
+    );
+    Ok(())
+}
