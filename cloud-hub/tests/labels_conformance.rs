@@ -548,8 +548,21 @@ async fn full_uploads_of_label_events(db: Db) {
         .collect();
     let started = std::time::Instant::now();
     gw.upload(&db, T0 + MINUTE, confirms).await;
+    let confirmed = started.elapsed();
+    // The baseline, same run: as many price_staged events (a row each in batch_progress).
+    let staged: Vec<EventBody> = (0..5_000u64)
+        .map(|i| EventBody::PriceStaged {
+            gtin: g(i / 2 + 1),
+            version: v1,
+            batch_id: b1.clone(),
+            effective_at: UtcMillis(T0),
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    gw.upload(&db, T0 + MINUTE, staged).await;
     eprintln!(
-        "{:?}: 5000 label_bound events (5000 audit entries) took {bound:?}, 5000 label_confirmed {:?}",
+        "{:?}: uploads of 5000 events: label_bound (+5000 audit entries) {bound:?}, \
+         label_confirmed {confirmed:?}; baseline price_staged {:?}",
         db.backend(),
         started.elapsed()
     );
@@ -560,6 +573,33 @@ async fn full_uploads_of_label_events(db: Db) {
     assert_eq!(audited(&db, "label.bound").await.len(), 5_000);
     let verified = db.verify_audit().await.unwrap();
     assert_eq!(verified.broken, None);
+    // A new price for every product: every label is stale, listed in one page.
+    price(&db, &items, None).await;
+    let started = std::time::Instant::now();
+    let stale = db
+        .store_labels(
+            &s1,
+            &LabelQuery::new(
+                LabelFilter::Stale,
+                None,
+                5_000,
+                UtcMillis(UtcMillis::now().0 + MINUTE),
+            ),
+        )
+        .await
+        .unwrap();
+    eprintln!(
+        "{:?}: the stale list of 5000 labels took {:?}",
+        db.backend(),
+        started.elapsed()
+    );
+    assert_eq!((stale.labels.len(), stale.more), (5_000, false));
+    assert!(
+        stale
+            .labels
+            .iter()
+            .all(|r| r.state() == LabelState::Pending)
+    );
 }
 
 // ---------- running each body on both backends ----------
@@ -610,3 +650,72 @@ conformance!(
     stale_labels_with_how_long,
     full_uploads_of_label_events,
 );
+
+// ---------- upgrading a version 4 database ----------
+
+const DOWNGRADE_TO_V4: &str = "DELETE FROM price_versions; DELETE FROM schema_version;
+     INSERT INTO schema_version (version) VALUES (4);";
+
+/// Prices product 1 twice and product 2 once; returns the second batch and its version of 1.
+async fn seed_prices(db: &Db) -> (StoreId, BatchId, u64) {
+    let (s1, _) = setup(db).await;
+    price(db, &[1, 2], None).await;
+    let b2 = price(db, &[1], None).await;
+    let v2 = version(db, &s1, &b2, 1).await;
+    (s1, b2, v2)
+}
+
+/// A version 4 database has no price history: this build derives it once from the current
+/// prices and the changefeed, and the batch report counts labels against it.
+async fn check_upgraded(db: &Db, s1: &StoreId, b2: &BatchId, v2: u64) {
+    let mut gw = Gw::new(db, s1).await;
+    gw.upload(
+        db,
+        T0,
+        vec![bind(1, 1, "A1"), bind(2, 2, "A2"), confirm(1, 1, v2, b2)],
+    )
+    .await;
+    assert_eq!(counts(db, b2).await[0], ("S001".to_owned(), 1, 1, 0, 0));
+    let all = labels(db, s1, LabelFilter::All, UtcMillis::now().0 + HOUR).await;
+    let states: Vec<_> = all.iter().map(|r| (r.label.label.0, r.state())).collect();
+    assert_eq!(
+        states,
+        vec![(1, LabelState::Confirmed), (2, LabelState::Pending)]
+    );
+}
+
+#[tokio::test]
+async fn sqlite_price_versions_are_backfilled_from_version_4() {
+    let (dir, db) = sqlite_db().await;
+    let (s1, b2, v2) = seed_prices(&db).await;
+    drop(db);
+    let path = dir.path().join("hub.db");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(DOWNGRADE_TO_V4).unwrap();
+    drop(conn);
+    let url = format!("sqlite://{}", path.display());
+    let db = storage::open(&url).await.unwrap();
+    drop(db);
+    let db = storage::open(&url).await.unwrap();
+    check_upgraded(&db, &s1, &b2, v2).await;
+}
+
+#[tokio::test]
+async fn postgres_price_versions_are_backfilled_from_version_4() {
+    let (pg, db) = postgres_db().await;
+    let (s1, b2, v2) = seed_prices(&db).await;
+    drop(db);
+    let (client, conn) = tokio_postgres::connect(pg.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    client.batch_execute(DOWNGRADE_TO_V4).await.unwrap();
+    drop(client);
+    let _ = conn.await;
+    let db = storage::open(pg.url()).await.unwrap();
+    drop(db);
+    let db = storage::open(pg.url()).await.unwrap();
+    check_upgraded(&db, &s1, &b2, v2).await;
+    drop(db);
+    pg.cleanup().await.unwrap();
+}
