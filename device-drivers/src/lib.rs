@@ -12,6 +12,9 @@ pub mod backoff;
 pub mod esl;
 pub mod footfall;
 pub mod framing;
+pub mod scale;
 pub mod scanner;
+pub mod serial;
+pub mod upos;
 
 pub use framing::{FrameError, LineFramer, Suffix};

@@ -482,9 +482,7 @@ impl Decimal {
                 .checked_mul(10u64.checked_pow(u32::from(places - self.decimals))?)
         } else {
             let div = 10u64.checked_pow(u32::from(self.decimals - places))?;
-            self.digits
-                .is_multiple_of(div)
-                .then_some(self.digits / div)
+            self.digits.is_multiple_of(div).then_some(self.digits / div)
         }
     }
 
