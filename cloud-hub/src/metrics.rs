@@ -14,12 +14,19 @@ pub struct RequestLabels {
     pub status: u16,
 }
 
+/// Labels of the shelf-label event counter: the event kind (one of four fixed strings).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LabelEventLabels {
+    pub kind: &'static str,
+}
+
 /// The hub's metrics. One per server, so tests can run several hubs in one process.
 #[derive(Debug)]
 pub struct HubMetrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub events_ingested: Counter,
+    pub label_events: Family<LabelEventLabels, Counter>,
     pub changes_served: Counter,
     pub long_polls_waiting: Gauge,
     pub price_batches: Counter,
@@ -55,6 +62,12 @@ impl HubMetrics {
             "events_ingested",
             "Ledger events in accepted gateway uploads (replays included)",
             events_ingested.clone(),
+        );
+        let label_events = Family::<LabelEventLabels, Counter>::default();
+        registry.register(
+            "label_events",
+            "Shelf-label events in accepted gateway uploads (replays included), by kind",
+            label_events.clone(),
         );
         let changes_served = Counter::default();
         registry.register(
@@ -147,6 +160,7 @@ impl HubMetrics {
             webhooks_pending,
             requests,
             events_ingested,
+            label_events,
             changes_served,
             long_polls_waiting,
             price_batches,

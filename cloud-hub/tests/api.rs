@@ -1297,6 +1297,21 @@ async fn shelf_labels_reach_the_batch_report_and_the_stale_list() {
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(err.message.contains("pricing"), "{}", err.message);
 
+    let metrics = hub
+        .req(Method::GET, "/metrics", None)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        r#"aisle_hub_label_events_total{kind="label_bound"} 6"#,
+        r#"aisle_hub_label_events_total{kind="label_not_updated"} 2"#,
+    ] {
+        assert!(metrics.contains(line), "missing {line}:\n{metrics}");
+    }
+
     // The bindings are in the audit log, once each, as the gateway's.
     let audit: Value = hub
         .hq(Method::GET, "/v1/audit?limit=1000")

@@ -13,7 +13,7 @@ use serde_json::value::RawValue;
 use tokio::time::Instant;
 
 use super::{ApiError, ApiQuery, AppState, Body, SyncPeer, media_type};
-use crate::metrics::WaitingPoll;
+use crate::metrics::{LabelEventLabels, WaitingPoll};
 
 /// `?store=`: optional on the changefeed; when given it must be the gateway's own store (the
 /// changefeed served is always the gateway's own).
@@ -99,6 +99,17 @@ pub async fn events(
         .ingest_events(&gateway.gateway_id, &events)
         .await?;
     state.metrics.events_ingested.inc_by(events.len() as u64);
+    for e in &events {
+        if crate::labels::label_of(&e.body).is_some() {
+            state
+                .metrics
+                .label_events
+                .get_or_create(&LabelEventLabels {
+                    kind: e.body.kind(),
+                })
+                .inc();
+        }
+    }
     if events.iter().any(|e| e.body.kind().starts_with("pickup_")) {
         // A pickup event may have queued a webhook.
         state.webhooks.notify_one();
