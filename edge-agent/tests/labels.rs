@@ -647,3 +647,129 @@ mod api {
         t.agent.shutdown().await;
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Price integrity as a property: whatever the order of price changes, pushes to labels, lost or
+// late confirmations and lane sales, no line is ever charged above what a confirmed label of
+// its product shows at that instant (and without labels, the active price).
+
+mod integrity {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// HQ changes the price of product `g` (active at once).
+        Price { g: usize, minor: i64 },
+        /// The planner hands label `l` its product's active price.
+        Push { l: usize },
+        /// The tag's confirmation of what it was last handed arrives (or is lost).
+        Confirm { l: usize, lost: bool },
+        /// A lane sells product `g`.
+        Sale { g: usize, qty: u32 },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0..3usize, 50..2_000i64).prop_map(|(g, minor)| Op::Price { g, minor }),
+            (0..3usize).prop_map(|l| Op::Push { l }),
+            (0..3usize, any::<bool>()).prop_map(|(l, lost)| Op::Confirm { l, lost }),
+            (0..3usize, 1..4u32).prop_map(|(g, qty)| Op::Sale { g, qty }),
+        ]
+    }
+
+    /// Labels 0 and 1 sit on product 0's shelf, label 2 on product 1's; product 2 has none.
+    const LABEL_OF: [usize; 3] = [0, 0, 1];
+
+    async fn run(ops: Vec<Op>) {
+        let dir = tempfile::tempdir().unwrap();
+        let (l, _) = open(dir.path()).await;
+        let goods = [gtin(1), gtin(2), gtin(3)];
+        // Versions and the active price per product, as the ledger has them.
+        let mut version = [1u64; 3];
+        let mut active = [300i64, 500, 700];
+        l.stage_prices((0..3).map(|g| price(goods[g], 1, active[g], T0)).collect())
+            .await
+            .unwrap();
+        l.bind_labels(
+            (0..3)
+                .map(|i| (0, bind(0xE0 + i as u32, goods[LABEL_OF[i]], "E")))
+                .collect(),
+        )
+        .await
+        .unwrap();
+        // What each label was handed and what it confirmed.
+        let mut handed: HashMap<usize, (u64, i64)> = HashMap::new();
+        let mut shown: HashMap<usize, i64> = HashMap::new();
+        let mut sales = 0;
+        for op in ops {
+            match op {
+                Op::Price { g, minor } => {
+                    version[g] += 1;
+                    active[g] = minor;
+                    l.stage_prices(vec![price(goods[g], version[g], minor, T0)])
+                        .await
+                        .unwrap();
+                }
+                Op::Push { l: i } => {
+                    let g = LABEL_OF[i];
+                    handed.insert(i, (version[g], active[g]));
+                }
+                Op::Confirm { l: i, lost } => {
+                    let Some((v, minor)) = handed.get(&i).copied() else {
+                        continue;
+                    };
+                    if lost {
+                        continue;
+                    }
+                    let out = l
+                        .commit_label_updates(vec![confirmed(
+                            0xE0 + i as u32,
+                            goods[LABEL_OF[i]],
+                            v,
+                            minor,
+                        )])
+                        .await
+                        .unwrap();
+                    assert_eq!(out.confirmed + out.ignored, 1);
+                    shown.insert(i, minor);
+                }
+                Op::Sale { g, qty } => {
+                    sales += 1;
+                    let r = l
+                        .record_sale(sale(&format!("p-{sales}"), &[(goods[g], qty)]))
+                        .await
+                        .unwrap();
+                    let charged = r.record.lines[0].unit_price.minor;
+                    let on_shelf = (0..3)
+                        .filter(|i| LABEL_OF[*i] == g)
+                        .filter_map(|i| shown.get(&i).copied())
+                        .min();
+                    if let Some(shelf) = on_shelf {
+                        assert!(
+                            charged <= shelf,
+                            "product {g} charged {charged} but a label shows {shelf}"
+                        );
+                    }
+                    assert_eq!(charged, on_shelf.map_or(active[g], |s| s.min(active[g])));
+                    assert_eq!(r.record.lines[0].line_total.minor, charged * i64::from(qty));
+                }
+            }
+        }
+        l.close().await;
+        verify(dir.path()).unwrap();
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+        #[test]
+        fn no_sale_is_charged_above_a_confirmed_label(ops in proptest::collection::vec(op(), 1..40)) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(run(ops));
+        }
+    }
+}
