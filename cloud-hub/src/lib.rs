@@ -1,7 +1,8 @@
 //! aisle-hub: the HQ hub of Aisle. It takes price batches from HQ, keeps a changefeed per store,
 //! serves gateways the sync protocol of `aisle_protocol::sync`, and stores what stores upload
 //! (sales, stock movements, price confirmations, footfall) exactly once. HQ reads it back as
-//! reports, among them footfall and conversion per store ([`footfall`]). It also runs
+//! reports, among them footfall and conversion per store ([`footfall`]) and which shelf labels
+//! show the current price ([`labels`]). It also runs
 //! click-and-collect for HQ's order system ([`pickup`]): orders, pickup tokens, the stores'
 //! progress, expiry and signed webhooks.
 //!

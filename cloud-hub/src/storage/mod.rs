@@ -575,6 +575,8 @@ pub trait HubStorage: Send + Sync + fmt::Debug {
         actor: &Actor,
     ) -> Result<BatchReceipt, StorageError>;
 
+    /// A batch, each of its stores' progress, and per store its shelf labels of the batch's
+    /// products against the versions this batch gave them (see [`crate::labels::LabelCounts`]).
     async fn batch_progress(&self, batch: &BatchId) -> Result<BatchProgress, StorageError>;
 
     /// Up to `limit` changes of `store` after `cursor`, in seq order. Cursor 0 is the beginning;

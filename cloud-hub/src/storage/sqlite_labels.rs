@@ -191,7 +191,12 @@ pub(super) fn read_labels(
         q.filter.sql()
     ))?;
     let rows = stmt.query_map(
-        params![store.as_str(), q.now.0, q.first_id(), i64::from(q.limit) + 1],
+        params![
+            store.as_str(),
+            q.now.0,
+            q.first_id(),
+            i64::from(q.limit) + 1
+        ],
         |r| {
             Ok((
                 label_columns(r)?,
