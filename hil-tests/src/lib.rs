@@ -11,3 +11,5 @@ pub mod harness;
 pub mod mqtt;
 pub mod pickup;
 pub mod proxy;
+pub mod scale_sim;
+pub mod scanner_sim;

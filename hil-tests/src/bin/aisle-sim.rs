@@ -7,6 +7,10 @@
 //! `aisle-sim esl --tags 8 --png-dir labels` runs a shelf-label access point with 8 tags behind
 //! a pseudo-terminal and prints its path for the gateway's serial driver; commands on stdin:
 //! `stats`, `tags`, `loss P`, `lose N`, `offline ADDR`, `online ADDR`, `quit`.
+//!
+//! `aisle-sim scanner --suffix cr --aim` and `aisle-sim scale --protocol mt-sics` run a barcode
+//! scanner and a scale on pseudo-terminals (path printed first), scripted from `--script FILE`
+//! or stdin; see `aisle_hil::scanner_sim` and `aisle_hil::scale_sim` for the commands.
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -40,6 +44,132 @@ enum Device {
     /// `tags`, `loss P` (radio loss probability), `lose N` (lose the next N radio frames),
     /// `offline ADDR` / `online ADDR` (a tag out of range and back), `quit`.
     Esl(EslArgs),
+    /// A serial barcode scanner on a pseudo-terminal; prints the path to open. Script lines
+    /// (from --script or stdin): a barcode (`9501101531000`, `scan gs1-128 10AB<GS>01...`),
+    /// `nosuffix ...`, `lostgs ...`, `noise N`, `sleep MS`, `unplug`, `plug`, `quit`.
+    Scanner(ScannerArgs),
+    /// A serial scale on a pseudo-terminal answering its protocol; prints the path to open.
+    /// Script lines: `weight 1.250 kg`, `motion on|off`, `overload`, `underload`, `normal`,
+    /// `silence on|off`, `garbage N`, `sleep MS`, `unplug`, `plug`, `quit`.
+    Scale(ScaleArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ScannerArgs {
+    /// cr, crlf or none (a frame then ends on a pause).
+    #[arg(long, default_value = "cr")]
+    suffix: String,
+    /// Prefix every barcode with its AIM symbology identifier (]E0, ]C1, ...).
+    #[arg(long)]
+    aim: bool,
+    /// Also publish the pty under this path (a symlink, like /dev/serial/by-id/...); needed for
+    /// `unplug` and `plug`.
+    #[arg(long, value_name = "PATH")]
+    link: Option<PathBuf>,
+    /// Read the script from FILE instead of stdin.
+    #[arg(long, value_name = "FILE")]
+    script: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct ScaleArgs {
+    /// mt-sics, toledo (kg), toledo-lb, nci or cas.
+    #[arg(long, default_value = "mt-sics")]
+    protocol: String,
+    #[arg(long, value_name = "PATH")]
+    link: Option<PathBuf>,
+    #[arg(long, value_name = "FILE")]
+    script: Option<PathBuf>,
+    /// CAS: a line this often (continuous output).
+    #[arg(long, default_value_t = 100)]
+    cas_every_ms: u64,
+}
+
+/// Script lines from a file (then keeps running until killed) or stdin.
+fn script_lines(script: Option<&PathBuf>) -> Result<Box<dyn Iterator<Item = String>>> {
+    Ok(match script {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            Box::new(
+                text.lines()
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+                    .into_iter(),
+            )
+        }
+        None => Box::new(std::io::stdin().lines().map_while(Result::ok)),
+    })
+}
+
+fn scanner(args: ScannerArgs) -> Result<()> {
+    use aisle_hil::scanner_sim::{Command, ScannerSim, ScannerSimConfig};
+    let suffix = args.suffix.parse().map_err(anyhow::Error::msg)?;
+    let config = ScannerSimConfig {
+        link: args.link.clone(),
+        seed: rand::random(),
+        ..ScannerSimConfig::new(suffix, args.aim)
+    };
+    let sim = ScannerSim::start(config)?;
+    println!("{}", sim.path());
+    println!(
+        "scanner: suffix {}, AIM identifiers {}",
+        args.suffix,
+        if args.aim { "on" } else { "off" }
+    );
+    for line in script_lines(args.script.as_ref())? {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        match line.parse::<Command>() {
+            Ok(Command::Quit) => return Ok(()),
+            Ok(c) => match sim.command(c) {
+                Ok(text) if !text.is_empty() => println!("{text}"),
+                Ok(_) => {}
+                Err(e) => eprintln!("error: {e:#}"),
+            },
+            Err(e) => eprintln!("error: {e:#}"),
+        }
+    }
+    // Script done or stdin closed: keep the pty open until killed.
+    loop {
+        std::thread::park();
+    }
+}
+
+fn scale(args: ScaleArgs) -> Result<()> {
+    use aisle_hil::scale_sim::{Command, ScaleSim, ScaleSimConfig};
+    let protocol = args.protocol.parse().map_err(anyhow::Error::msg)?;
+    let config = ScaleSimConfig {
+        link: args.link.clone(),
+        cas_every: Duration::from_millis(args.cas_every_ms.max(1)),
+        seed: rand::random(),
+        ..ScaleSimConfig::new(protocol)
+    };
+    let sim = ScaleSim::start(config)?;
+    println!("{}", sim.path());
+    println!("scale: {}", args.protocol);
+    for line in script_lines(args.script.as_ref())? {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        match line.parse::<Command>() {
+            Ok(Command::Quit) => {
+                println!("{:?}", sim.shutdown());
+                return Ok(());
+            }
+            Ok(c) => match sim.command(c) {
+                Ok(text) => println!("{text}"),
+                Err(e) => eprintln!("error: {e:#}"),
+            },
+            Err(e) => eprintln!("error: {e:#}"),
+        }
+    }
+    loop {
+        std::thread::park();
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -314,5 +444,7 @@ fn main() -> Result<()> {
             .build()?
             .block_on(camera(c)),
         Device::Esl(e) => esl(e),
+        Device::Scanner(s) => scanner(s),
+        Device::Scale(s) => scale(s),
     }
 }
