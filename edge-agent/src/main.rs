@@ -41,6 +41,9 @@ enum Command {
     /// Enrol this gateway with a one-time code from HQ: makes the gateway's key, pins the hub's
     /// TLS certificate and writes the configuration (all or nothing).
     Enroll(aisle_agent::provisioning::commands::EnrollArgs),
+    /// Self-check: hub, TLS pin, clock, disk, ledger, broker, devices; PASS/FAIL with what to
+    /// do, non-zero exit on any FAIL.
+    Doctor(aisle_agent::provisioning::commands::DoctorArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -96,6 +99,7 @@ fn main() -> ExitCode {
             command: LabelsCommand::Import { data, panel, file },
         } => import_labels(data, &panel, file),
         Command::Enroll(args) => aisle_agent::provisioning::commands::enroll(args),
+        Command::Doctor(args) => aisle_agent::provisioning::commands::doctor(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

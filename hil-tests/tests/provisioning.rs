@@ -536,3 +536,108 @@ async fn a_gateway_whose_clock_drifts_after_enrolment_still_signs_within_the_hub
     agent.shutdown().await;
     got.unwrap_or_else(|e| panic!("{e:#}: {status:?}"));
 }
+
+/// `aisle-agent doctor` with `args`; (exit success, stdout).
+fn doctor(config: &Path, json: bool) -> (bool, String) {
+    let mut cmd = Command::new(binary("aisle-agent").unwrap());
+    cmd.args(["doctor", "--config", config.to_str().unwrap()]);
+    if json {
+        cmd.arg("--json");
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_passes_an_enrolled_gateway_and_says_what_to_do_about_each_failure() {
+    let hub = TlsHub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let code = hub.fresh_code("S001").await;
+    let out = enroll(&[
+        "--hub",
+        &hub.url(),
+        "--code",
+        &code,
+        "--data",
+        data.to_str().unwrap(),
+        "--hub-fingerprint",
+        &hub.fingerprint,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let config_path = data.join("agent.toml");
+    let enrolled = std::fs::read_to_string(&config_path).unwrap();
+    std::fs::write(
+        &config_path,
+        format!("{enrolled}\n[footfall]\nmqtt = \"{}\"\n", aisle_hil::mqtt::broker()),
+    )
+    .unwrap();
+
+    let (ok, shown) = doctor(&config_path, false);
+    assert!(ok, "{shown}");
+    for line in [
+        "PASS  gateway identity",
+        "PASS  hub reachable",
+        "PASS  hub TLS identity",
+        "PASS  clock skew",
+        "PASS  hub accepts this gateway",
+        "PASS  disk space",
+        "PASS  ledger",
+        "PASS  MQTT broker",
+    ] {
+        assert!(shown.contains(line), "{line}: {shown}");
+    }
+    assert!(shown.trim_end().ends_with("all checks passed"), "{shown}");
+
+    // Revoked at HQ, and the label access point unplugged: two FAILs, each with what to do.
+    let id = AgentConfig::load(&config_path).unwrap().gateway.unwrap().id;
+    hub.handle
+        .storage()
+        .revoke_gateway_by(&id, &Actor::cli())
+        .await
+        .unwrap();
+    let with_labels = std::fs::read_to_string(&config_path).unwrap()
+        + "\n[labels]\naccess_point = \"/dev/serial/by-id/usb-aisle-ap-unplugged\"\n";
+    std::fs::write(&config_path, with_labels).unwrap();
+    let (ok, json) = doctor(&config_path, true);
+    assert!(!ok, "{json}");
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(report["ok"], false);
+    let verdict = |name: &str| {
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"].as_str().unwrap().starts_with(name))
+            .unwrap_or_else(|| panic!("no check {name}: {json}"))
+            .clone()
+    };
+    let auth = verdict("hub accepts this gateway");
+    assert_eq!(auth["verdict"], "FAIL", "{json}");
+    assert!(auth["detail"].as_str().unwrap().contains("revoked"), "{json}");
+    assert!(auth["fix"].as_str().unwrap().contains("re-enrol"), "{json}");
+    let ap = verdict("label access point");
+    assert_eq!(ap["verdict"], "FAIL", "{json}");
+    assert!(ap["fix"].as_str().unwrap().contains("dialout"), "{json}");
+    assert_eq!(verdict("hub reachable")["verdict"], "PASS");
+    assert_eq!(verdict("disk space")["verdict"], "PASS");
+
+    // A hub presenting another certificate: the TLS line fails and says what to do.
+    let (impostor_url, accepted, _impostor_dir) = impostor().await;
+    let moved = std::fs::read_to_string(&config_path)
+        .unwrap()
+        .replace(&hub.url(), &impostor_url);
+    std::fs::write(&config_path, moved).unwrap();
+    let (ok, shown) = doctor(&config_path, false);
+    assert!(!ok, "{shown}");
+    assert!(
+        shown.contains("FAIL  hub TLS identity")
+            && shown.contains("hub certificate changed")
+            && shown.contains("aisle-hub tls fingerprint"),
+        "{shown}"
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 0);
+}

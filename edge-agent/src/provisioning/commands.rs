@@ -1,4 +1,5 @@
-//! The technician's commands (`aisle-agent enroll`), kept here so `main.rs` only dispatches.
+//! The technician's commands (`aisle-agent enroll`, `doctor`), kept here so `main.rs` only
+//! dispatches.
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -73,4 +74,34 @@ pub fn enroll(args: EnrollArgs) -> anyhow::Result<()> {
         done.config_path.display()
     );
     Ok(())
+}
+
+/// `aisle-agent doctor`.
+#[derive(Debug, clap::Args)]
+pub struct DoctorArgs {
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Print the checklist as JSON (`{"ok", "checks": [{"name", "verdict", "detail", "fix"}]}`).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the checklist, prints it, and fails when any check failed.
+pub fn doctor(args: DoctorArgs) -> anyhow::Result<()> {
+    let config = crate::config::AgentConfig::load(&args.config)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let report = rt.block_on(crate::doctor::run(&config, Arc::new(SystemClock)));
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{report}");
+    }
+    if report.ok {
+        Ok(())
+    } else {
+        anyhow::bail!("self-check failed: fix the FAIL lines above and run doctor again")
+    }
 }

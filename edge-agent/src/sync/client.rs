@@ -185,14 +185,15 @@ impl HubClient {
         )
     }
 
-    /// `GET /healthz`: whether the hub answers (through the pin), with its clock.
+    /// `GET /healthz` without credentials: whether the hub answers (through the pin), with its
+    /// clock.
     pub async fn health(&self) -> Result<Answer<()>, SyncError> {
         let req = self
             .http
             .get(format!("{}/healthz", self.base))
             .timeout(Duration::from_secs(10));
         let sent = self.local.now_ms();
-        let mut resp = self.send(req).await?;
+        let mut resp = self.send(req, false).await?;
         let received = self.local.now_ms();
         let server_time = header(&resp, SERVER_TIME_HEADER).and_then(|v| v.parse::<i64>().ok());
         let status = resp.status();
@@ -253,7 +254,10 @@ impl HubClient {
     ) -> Result<Answer<T>, SyncError> {
         let sent = self.local.now_ms();
         let mut resp = self
-            .send(req.header(PROTOCOL_HEADER, PROTOCOL_VERSION.to_string()))
+            .send(
+                req.header(PROTOCOL_HEADER, PROTOCOL_VERSION.to_string()),
+                true,
+            )
             .await?;
         let received = self.local.now_ms();
         let status = resp.status();
@@ -299,19 +303,25 @@ impl HubClient {
     /// Adds the gateway's credentials (a bearer header or the four signature headers over the
     /// exact path, query and body) and sends. A certificate other than the pinned one ends the
     /// handshake before anything is sent, as [`SyncError::CertificateChanged`].
-    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, SyncError> {
+    async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+        authenticate: bool,
+    ) -> Result<reqwest::Response, SyncError> {
         let mut request = req
             .build()
             .map_err(|e| SyncError::BadAnswer(format!("cannot build the request: {e}")))?;
-        match &self.auth {
-            HubAuth::Bearer(credential) => {
+        let auth = if authenticate { Some(&self.auth) } else { None };
+        match auth {
+            None => {}
+            Some(HubAuth::Bearer(credential)) => {
                 let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {credential}"))
                     .map_err(|_| SyncError::Identity("credential is not a header value".into()))?;
                 request
                     .headers_mut()
                     .insert(reqwest::header::AUTHORIZATION, value);
             }
-            HubAuth::Signed { gateway, key } => {
+            Some(HubAuth::Signed { gateway, key }) => {
                 let url = request.url();
                 let path = match url.query() {
                     Some(q) => format!("{}?{q}", url.path()),
