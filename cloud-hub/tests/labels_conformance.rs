@@ -602,6 +602,43 @@ async fn full_uploads_of_label_events(db: Db) {
     );
 }
 
+/// Two gateways of one store upload confirmations of the same labels at once, one the newer
+/// version, one the older: whatever the interleaving, every label ends on the newer one.
+async fn two_gateways_at_once_never_lose_the_newer_confirmation(db: Db) {
+    let (s1, _) = setup(&db).await;
+    let b1 = price(&db, &[1], None).await;
+    let b2 = price(&db, &[1], None).await;
+    let (v1, v2) = (
+        version(&db, &s1, &b1, 1).await,
+        version(&db, &s1, &b2, 1).await,
+    );
+    let mut a = Gw::new(&db, &s1).await;
+    let mut b = Gw::new(&db, &s1).await;
+    const ROUNDS: u32 = 8;
+    const LABELS: u32 = 200;
+    for round in 0..ROUNDS {
+        // Fresh labels each round: the race is on labels that confirmed nothing yet.
+        let ids = round * LABELS..(round + 1) * LABELS;
+        a.upload(&db, T0, ids.clone().map(|l| bind(l, 1, "A1")).collect())
+            .await;
+        let older = b.events(T0, ids.clone().map(|l| confirm(l, 1, v1, &b1)).collect());
+        let newer = a.events(T0, ids.map(|l| confirm(l, 1, v2, &b2)).collect());
+        let (rb, ra) = tokio::join!(
+            db.ingest_events(&b.id, &older),
+            db.ingest_events(&a.id, &newer)
+        );
+        rb.unwrap();
+        ra.unwrap();
+    }
+    let all = labels(&db, &s1, LabelFilter::All, UtcMillis::now().0 + HOUR).await;
+    assert_eq!(all.len(), (ROUNDS * LABELS) as usize);
+    let lost = all
+        .iter()
+        .filter(|r| r.label.confirmed.as_ref().map(|c| c.version) != Some(v2))
+        .count();
+    assert_eq!(lost, 0, "labels that lost the newer confirmation");
+}
+
 // ---------- running each body on both backends ----------
 
 async fn sqlite_db() -> (tempfile::TempDir, Db) {
@@ -649,6 +686,7 @@ conformance!(
     unbinding_and_rebinding,
     stale_labels_with_how_long,
     full_uploads_of_label_events,
+    two_gateways_at_once_never_lose_the_newer_confirmation,
 );
 
 // ---------- upgrading a version 4 database ----------
