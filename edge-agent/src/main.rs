@@ -44,6 +44,28 @@ enum Command {
     /// Self-check: hub, TLS pin, clock, disk, ledger, broker, devices; PASS/FAIL with what to
     /// do, non-zero exit on any FAIL.
     Doctor(aisle_agent::provisioning::commands::DoctorArgs),
+    /// Barcodes, for technicians.
+    Barcode {
+        #[command(subcommand)]
+        command: BarcodeCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BarcodeCommand {
+    /// Print what a scan means as JSON; exit non-zero with the reason on a bad scan. DATA is
+    /// what the scanner sends (AIM id first if it sends one, e.g. `]C1...`); type GS as `\x1d`
+    /// or `<GS>`, or give the bracketed form `(01)...(10)...`.
+    Parse {
+        data: String,
+        /// Restricted-circulation layouts (TOML); default: the embedded example (GB-style
+        /// price layout for 02 and 20-29, GBP).
+        #[arg(long, value_name = "FILE")]
+        layouts: Option<PathBuf>,
+        /// The character the scanner sends instead of GS, if it is set to substitute one.
+        #[arg(long)]
+        separator: Option<char>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -100,6 +122,14 @@ fn main() -> ExitCode {
         } => import_labels(data, &panel, file),
         Command::Enroll(args) => aisle_agent::provisioning::commands::enroll(args),
         Command::Doctor(args) => aisle_agent::provisioning::commands::doctor(args),
+        Command::Barcode {
+            command:
+                BarcodeCommand::Parse {
+                    data,
+                    layouts,
+                    separator,
+                },
+        } => barcode_parse(&data, layouts, separator),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -196,6 +226,30 @@ fn hash_pin() -> anyhow::Result<()> {
     let pin = input.lines().next().unwrap_or("").trim_end_matches('\r');
     let hash = aisle_agent::pickup::staff::hash_pin(pin).map_err(anyhow::Error::msg)?;
     println!("{hash}");
+    Ok(())
+}
+
+fn barcode_parse(
+    data: &str,
+    layouts: Option<PathBuf>,
+    separator: Option<char>,
+) -> anyhow::Result<()> {
+    use aisle_drivers::scanner::{MAX_LAYOUTS_TOML, parse_typed};
+    let toml = match &layouts {
+        Some(path) => {
+            let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
+            anyhow::ensure!(
+                meta.len() <= MAX_LAYOUTS_TOML as u64,
+                "{}: larger than {MAX_LAYOUTS_TOML} bytes",
+                path.display()
+            );
+            Some(std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?)
+        }
+        None => None,
+    };
+    let today = time::OffsetDateTime::now_utc().date();
+    let scan = parse_typed(data, toml.as_deref(), separator, today)?;
+    println!("{}", serde_json::to_string_pretty(&scan)?);
     Ok(())
 }
 

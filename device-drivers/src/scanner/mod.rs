@@ -21,7 +21,10 @@ use time::Date;
 
 pub use framer::{Framed, ScanFramer, ScanSuffix};
 pub use gs1::{ElementString, GS};
-pub use rcn::{Layouts, Measure, MeasureKind, RcnLayout, RcnLayouts, VariableMeasure};
+pub use rcn::{
+    DEFAULT_LAYOUTS_TOML, Layouts, MAX_LAYOUTS_TOML, Measure, MeasureKind, RcnLayout, RcnLayouts,
+    VariableMeasure,
+};
 
 /// Longest frame a scanner may send by default (a GS1 DataMatrix can carry more than 2 kB; a
 /// shop's barcodes do not).
@@ -532,6 +535,42 @@ pub fn unescape(text: &str) -> Vec<u8> {
         }
     }
     out
+}
+
+/// What a technician typed, parsed as a scan: `\x1d`, `<GS>` or `{GS}` for GS, or the
+/// bracketed form `(01)...(10)...`. Layouts from `layouts_toml` (the embedded example when
+/// `None`); `separator` is the scanner's substitute for GS, if any.
+pub fn parse_typed(
+    data: &str,
+    layouts_toml: Option<&str>,
+    separator: Option<char>,
+    today: Date,
+) -> Result<Scan, TypedError> {
+    let layouts = match layouts_toml {
+        Some(t) => Layouts::from_toml(t),
+        None => Layouts::default_layouts(),
+    }
+    .map_err(TypedError::Layouts)?;
+    let mut config = ScanConfig::new(layouts);
+    if let Some(c) = separator {
+        let b = u8::try_from(u32::from(c))
+            .ok()
+            .filter(u8::is_ascii)
+            .ok_or_else(|| TypedError::Separator(format!("{c:?} is not ASCII")))?;
+        config = config.with_separator(b).map_err(TypedError::Separator)?;
+    }
+    Ok(parse_scan(&unescape(data), &config, today)?)
+}
+
+/// Why [`parse_typed`] gave no scan.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TypedError {
+    #[error("layouts: {0}")]
+    Layouts(String),
+    #[error("separator: {0}")]
+    Separator(String),
+    #[error("bad scan: {0}")]
+    Scan(#[from] ScanError),
 }
 
 #[cfg(test)]

@@ -279,6 +279,32 @@ fn json_for_technicians() {
     assert_eq!(j["ais"][2]["ai"], "10");
 }
 
+#[test]
+fn typed_by_a_technician() {
+    let s = parse_typed("]C1010950110153100010AB<GS>3922199", None, None, TODAY).unwrap();
+    assert_eq!(s.price, money(199, "GBP"));
+    let s = parse_typed("10AB|0109501101531000", None, Some('|'), TODAY).unwrap();
+    assert_eq!(s.batch.as_deref(), Some("AB"));
+    let s = parse_typed("(01)09501101531000(3103)000250", None, None, TODAY).unwrap();
+    assert_eq!(s.weight_g, Some(250));
+    assert!(matches!(
+        parse_typed("9501101531001", None, None, TODAY),
+        Err(TypedError::Scan(ScanError::CheckDigit { .. }))
+    ));
+    assert!(matches!(
+        parse_typed("1", Some("currency = 1"), None, TODAY),
+        Err(TypedError::Layouts(_))
+    ));
+    assert!(matches!(
+        parse_typed("1", None, Some('A'), TODAY),
+        Err(TypedError::Separator(_))
+    ));
+    assert!(matches!(
+        parse_typed("1", None, Some('é'), TODAY),
+        Err(TypedError::Separator(_))
+    ));
+}
+
 proptest::proptest! {
     #[test]
     fn any_bytes_give_a_scan_or_an_error(
