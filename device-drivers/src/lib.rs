@@ -6,6 +6,10 @@
 //! people-counting camera parsers with their footfall normaliser ([`footfall`], issue 6), and the
 //! shelf-label pieces of the gateway ([`esl`], issue 3): the static-layer renderer and the
 //! access-point link with its serial driver. [`backoff`] paces every device reconnect.
+//!
+//! Self-checkout (issue 4): [`scanner`] (what a barcode scan means), [`scale`] (serial scale
+//! protocols), [`serial`] (line settings) and [`upos`] (the UnifiedPOS-style device model with
+//! a thread per port, unplug and replug).
 #![forbid(unsafe_code)]
 
 pub mod backoff;
