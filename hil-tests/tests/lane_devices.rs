@@ -346,3 +346,76 @@ fn toledo_frames_carry_no_unit_so_the_configured_one_is_reported() {
     assert_eq!((w.value, w.decimals, w.unit), (325, 2, WeightUnit::Lb));
     assert_eq!(w.grams(), None);
 }
+
+/// `aisle-sim scanner --script FILE` and `aisle-sim scale` as a technician runs them, with the
+/// real drivers on the printed paths.
+#[test]
+fn aisle_sim_binaries_from_a_script_file_and_stdin() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("basket.txt");
+    std::fs::write(
+        &script,
+        "# wait for the driver\nsleep 500\n9501101531000\nnoise 40\n",
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_aisle-sim"))
+        .args(["scanner", "--suffix", "crlf", "--aim", "--script"])
+        .arg(&script)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut path = String::new();
+    out.read_line(&mut path).unwrap();
+    let mut config = ScannerConfig::new(
+        path.trim(),
+        ScanConfig::new(Layouts::default_layouts().unwrap()),
+    );
+    config.suffix = ScanSuffix::CrLf;
+    let (mut scanner, rx) = Scanner::open(config);
+    assert_eq!(scanner.claim().unwrap(), DeviceStatus::Online);
+    scanner.enable().unwrap();
+    let s = scan(&rx);
+    assert_eq!(s.gtin.unwrap().as_str(), "09501101531000");
+    assert!(matches!(
+        error(&rx),
+        DeviceError::BadScan { .. } | DeviceError::Noise { .. }
+    ));
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_aisle-sim"))
+        .args(["scale", "--protocol", "toledo"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut path = String::new();
+    out.read_line(&mut path).unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"weight 0.750 kg\n").unwrap();
+    stdin.flush().unwrap();
+    // The scale says "ok" once it applied the line.
+    let mut line = String::new();
+    while line.trim() != "ok" {
+        line.clear();
+        out.read_line(&mut line).unwrap();
+    }
+    let protocol = ScaleProtocol::Toledo8217 {
+        unit: WeightUnit::Kg,
+    };
+    let (mut scale, _rx) = Scale::open(ScaleConfig::new(path.trim(), protocol));
+    scale.claim().unwrap();
+    scale.enable().unwrap();
+    assert_eq!(
+        scale.weigh(WeighRequest::stable(Duration::from_secs(2))),
+        Ok(Reading::Stable(kg(750)))
+    );
+    stdin.write_all(b"quit\n").unwrap();
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+}
