@@ -457,6 +457,92 @@ impl<H: Handler> Worker<H> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Settings as a store configures them (TOML)
+
+fn default_gap_ms() -> u64 {
+    100
+}
+
+fn default_answer_ms() -> u64 {
+    500
+}
+
+/// A scanner as configured, e.g. in TOML:
+/// `{ path = "/dev/serial/by-id/usb-Honeywell...", serial = "9600 8N1", suffix = "cr", separator = "~" }`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScannerSettings {
+    pub path: String,
+    /// Default 9600 8N1.
+    #[serde(default)]
+    pub serial: Option<SerialSettings>,
+    /// `cr` (default), `crlf` or `none`.
+    #[serde(default)]
+    pub suffix: Option<ScanSuffix>,
+    /// Inter-character timeout in ms (default 100).
+    #[serde(default = "default_gap_ms")]
+    pub gap_ms: u64,
+    /// The scanner's substitute for GS, if it is set to send one.
+    #[serde(default)]
+    pub separator: Option<char>,
+}
+
+impl ScannerSettings {
+    /// The driver configuration, with the store's restricted-circulation layouts.
+    pub fn config(&self, layouts: crate::scanner::Layouts) -> Result<ScannerConfig, String> {
+        let mut scan = ScanConfig::new(layouts);
+        if let Some(c) = self.separator {
+            let b = u8::try_from(u32::from(c))
+                .ok()
+                .filter(u8::is_ascii)
+                .ok_or_else(|| format!("separator {c:?} is not ASCII"))?;
+            scan = scan.with_separator(b)?;
+        }
+        if !(5..=5_000).contains(&self.gap_ms) {
+            return Err(format!("gap_ms {}: 5 to 5000", self.gap_ms));
+        }
+        let mut c = ScannerConfig::new(self.path.clone(), scan);
+        c.port.serial = self.serial.unwrap_or(SerialSettings::default_8n1());
+        c.suffix = self.suffix.unwrap_or(ScanSuffix::Cr);
+        c.gap = Duration::from_millis(self.gap_ms);
+        Ok(c)
+    }
+}
+
+/// A scale as configured: `{ path = "...", protocol = "mt-sics", serial = "9600 8N1" }`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleSettings {
+    pub path: String,
+    /// `mt-sics`, `toledo` (kg), `toledo-lb`, `nci` or `cas`.
+    pub protocol: String,
+    /// Default: the protocol's usual settings.
+    #[serde(default)]
+    pub serial: Option<SerialSettings>,
+    /// How long one answer may take, in ms (default 500).
+    #[serde(default = "default_answer_ms")]
+    pub answer_timeout_ms: u64,
+}
+
+impl ScaleSettings {
+    pub fn config(&self) -> Result<ScaleConfig, String> {
+        let protocol: ScaleProtocol = self.protocol.parse()?;
+        if !(20..=30_000).contains(&self.answer_timeout_ms) {
+            return Err(format!(
+                "answer_timeout_ms {}: 20 to 30000",
+                self.answer_timeout_ms
+            ));
+        }
+        let mut c = ScaleConfig::new(self.path.clone(), protocol);
+        if let Some(s) = self.serial {
+            c.port.serial = s;
+        }
+        c.answer_timeout = Duration::from_millis(self.answer_timeout_ms);
+        Ok(c)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Scanner
 
 /// A serial barcode scanner.
@@ -941,5 +1027,46 @@ impl Scale {
         self.running
             .as_ref()
             .map_or(DeviceStatus::Closed, |r| r.shared.status())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scanner::Layouts;
+
+    #[test]
+    fn settings_from_toml() {
+        let layouts = || Layouts::default_layouts().unwrap();
+        let s: ScannerSettings = toml::from_str(
+            "path = \"/dev/ttyACM0\"\nserial = \"115200 7E1\"\nsuffix = \"none\"\nseparator = \"~\"",
+        )
+        .unwrap();
+        let c = s.config(layouts()).unwrap();
+        assert_eq!(c.port.serial.to_string(), "115200 7E1");
+        assert_eq!(c.suffix, ScanSuffix::None);
+        assert_eq!(c.scan.separator, Some(b'~'));
+        let s: ScannerSettings = toml::from_str("path = \"/dev/ttyACM0\"").unwrap();
+        let c = s.config(layouts()).unwrap();
+        assert_eq!(
+            (c.suffix, c.gap),
+            (ScanSuffix::Cr, Duration::from_millis(100))
+        );
+        let bad: ScannerSettings = toml::from_str("path = \"x\"\nseparator = \"A\"").unwrap();
+        assert!(bad.config(layouts()).is_err());
+        assert!(toml::from_str::<ScannerSettings>("path = \"x\"\nbaud = 1").is_err());
+
+        let s: ScaleSettings =
+            toml::from_str("path = \"/dev/ttyUSB0\"\nprotocol = \"toledo\"").unwrap();
+        let c = s.config().unwrap();
+        assert_eq!(c.port.serial.to_string(), "9600 7E1");
+        assert_eq!(
+            c.protocol,
+            ScaleProtocol::Toledo8217 {
+                unit: crate::scale::WeightUnit::Kg
+            }
+        );
+        let s: ScaleSettings = toml::from_str("path = \"x\"\nprotocol = \"scale9000\"").unwrap();
+        assert!(s.config().unwrap_err().contains("mt-sics"));
     }
 }

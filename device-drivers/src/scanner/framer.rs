@@ -215,6 +215,34 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_at_any_pace_stay_bounded(
+            chunks in proptest::collection::vec(
+                (proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80), 0u64..120),
+                0..20,
+            ),
+            suffix in proptest::sample::select(vec![ScanSuffix::Cr, ScanSuffix::CrLf, ScanSuffix::None]),
+        ) {
+            let t0 = Instant::now();
+            let mut f = ScanFramer::new(suffix, 32, GAP);
+            let mut out = Vec::new();
+            let mut at = 0;
+            for (bytes, pause) in &chunks {
+                at += pause;
+                f.push(bytes, t0 + Duration::from_millis(at), &mut out);
+                proptest::prop_assert!(f.buf.len() <= 32);
+            }
+            f.poll(t0 + Duration::from_millis(at + 1000), &mut out);
+            proptest::prop_assert!(f.deadline().is_none());
+            for o in out {
+                if let Framed::Frame(b) | Framed::MissingSuffix(b) = o {
+                    proptest::prop_assert!(b.len() <= 32);
+                }
+            }
+        }
+    }
+
     #[test]
     fn overlong_noise_is_bounded_and_reported() {
         let noise = [b'x'; 100];
