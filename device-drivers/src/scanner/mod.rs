@@ -476,7 +476,7 @@ fn element_scan(
             "21" => scan.serial = Some(e.value.clone()),
             "15" => scan.best_before = Some(gs1::parse_date(&e.ai, &e.value, today.year())?),
             "17" => scan.expiry = Some(gs1::parse_date(&e.ai, &e.value, today.year())?),
-            "11" | "12" | "13" | "16" | "7006" => {
+            "11" | "12" | "13" | "16" | "4326" | "7006" => {
                 gs1::parse_date(&e.ai, &e.value, today.year())?;
             }
             "30" | "37" => {

@@ -131,6 +131,11 @@ fn gs1_element_strings_fill_the_scan() {
     let s = ok(b"]Q30119501101531007\x1d3710\x1d15270500", &c);
     assert_eq!(s.count, Some(10));
     assert_eq!(s.best_before, Some(date!(2027 - 05 - 31)));
+    // A pharmacy pack: NHRN after the serial.
+    let s = ok(b"]d2010950110153100021ABC123\x1d714PZN-42\x1d17270100", &c);
+    assert_eq!(s.serial.as_deref(), Some("ABC123"));
+    assert_eq!(s.ais[2].title, "NHRN AIM");
+    assert_eq!(s.expiry, Some(date!(2027 - 01 - 31)));
     // 3105: 0.12345 kg is 123 g (rounded half up).
     assert_eq!(ok(b"]C101095011015310003105012345", &c).weight_g, Some(123));
     // 393n with the store's currency (978 = EUR), and with another.
