@@ -27,6 +27,7 @@ pub mod activator;
 pub mod api;
 pub mod clock;
 pub mod config;
+pub mod devices;
 pub mod doctor;
 pub mod footfall;
 pub mod labels;

@@ -44,6 +44,11 @@ enum Command {
     /// Self-check: hub, TLS pin, clock, disk, ledger, broker, devices; PASS/FAIL with what to
     /// do, non-zero exit on any FAIL.
     Doctor(aisle_agent::provisioning::commands::DoctorArgs),
+    /// Find and confirm the store's devices (serial ports, MQTT devices).
+    Devices {
+        #[command(subcommand)]
+        command: aisle_agent::devices::DevicesCommand,
+    },
     /// Barcodes, for technicians.
     Barcode {
         #[command(subcommand)]
@@ -122,6 +127,7 @@ fn main() -> ExitCode {
         } => import_labels(data, &panel, file),
         Command::Enroll(args) => aisle_agent::provisioning::commands::enroll(args),
         Command::Doctor(args) => aisle_agent::provisioning::commands::doctor(args),
+        Command::Devices { command } => aisle_agent::devices::run(command),
         Command::Barcode {
             command:
                 BarcodeCommand::Parse {
