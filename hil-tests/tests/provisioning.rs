@@ -557,22 +557,24 @@ async fn doctor_passes_an_enrolled_gateway_and_says_what_to_do_about_each_failur
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let code = hub.fresh_code("S001").await;
-    let out = enroll(&[
-        "--hub",
-        &hub.url(),
-        "--code",
-        &code,
-        "--data",
-        data.to_str().unwrap(),
-        "--hub-fingerprint",
-        &hub.fingerprint,
-    ]);
+    // Enrolled from the URI in HQ's QR code (hub, code and fingerprint in one scan).
+    let uri =
+        aisle_hub::security::qr::enrolment_uri(&code, Some(&hub.url()), Some(&hub.fingerprint));
+    let out = enroll(&["--code", &uri, "--data", data.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("hub certificate pinned: {}", hub.fingerprint)),
+        "{}",
+        text(&out)
+    );
     let config_path = data.join("agent.toml");
     let enrolled = std::fs::read_to_string(&config_path).unwrap();
     std::fs::write(
         &config_path,
-        format!("{enrolled}\n[footfall]\nmqtt = \"{}\"\n", aisle_hil::mqtt::broker()),
+        format!(
+            "{enrolled}\n[footfall]\nmqtt = \"{}\"\n",
+            aisle_hil::mqtt::broker()
+        ),
     )
     .unwrap();
 
@@ -617,7 +619,10 @@ async fn doctor_passes_an_enrolled_gateway_and_says_what_to_do_about_each_failur
     };
     let auth = verdict("hub accepts this gateway");
     assert_eq!(auth["verdict"], "FAIL", "{json}");
-    assert!(auth["detail"].as_str().unwrap().contains("revoked"), "{json}");
+    assert!(
+        auth["detail"].as_str().unwrap().contains("revoked"),
+        "{json}"
+    );
     assert!(auth["fix"].as_str().unwrap().contains("re-enrol"), "{json}");
     let ap = verdict("label access point");
     assert_eq!(ap["verdict"], "FAIL", "{json}");

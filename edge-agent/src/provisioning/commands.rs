@@ -11,10 +11,12 @@ use crate::clock::SystemClock;
 /// `aisle-agent enroll`.
 #[derive(Debug, clap::Args)]
 pub struct EnrollArgs {
-    /// The hub, e.g. https://hub.example.com:7400.
+    /// The hub, e.g. https://hub.example.com:7400 (optional when the code is a scanned
+    /// enrolment URI that names it).
     #[arg(long, value_name = "URL")]
-    pub hub: String,
-    /// The one-time code HQ gave (`XXXX-XXXX-XXXX`; case and dashes do not matter).
+    pub hub: Option<String>,
+    /// The one-time code HQ gave (`XXXX-XXXX-XXXX`; case and dashes do not matter), or the
+    /// `aisle-enrol:?code=...` URI scanned from HQ's QR code.
     #[arg(long, value_name = "CODE")]
     pub code: String,
     /// The gateway's data directory (its key and ledger live there).
@@ -39,7 +41,7 @@ pub struct EnrollArgs {
 /// Runs `aisle-agent enroll` and prints what was done and what to do next.
 pub fn enroll(args: EnrollArgs) -> anyhow::Result<()> {
     let opts = EnrolOptions {
-        hub_url: args.hub,
+        hub_url: args.hub.unwrap_or_default(),
         code: args.code,
         data_dir: args.data,
         config_path: args.config,

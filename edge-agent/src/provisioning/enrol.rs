@@ -330,18 +330,111 @@ fn human_duration(ms: i64) -> String {
     }
 }
 
+/// The scheme of the URI in HQ's enrolment QR code: `aisle-enrol:?code=..&hub=..&tls=..`.
+pub const ENROL_URI_SCHEME: &str = "aisle-enrol:";
+
+/// What a scanned enrolment QR code holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EnrolUri {
+    pub code: Option<String>,
+    pub hub: Option<String>,
+    pub tls: Option<String>,
+}
+
+/// Parses `aisle-enrol:?code=..&hub=..&tls=..` (percent-encoded values); `None` when `text`
+/// is not such a URI.
+pub fn parse_enrol_uri(text: &str) -> Option<Result<EnrolUri, EnrolError>> {
+    let rest = text.trim().strip_prefix(ENROL_URI_SCHEME)?;
+    let bad_uri =
+        || bad("the scanned enrolment URI is damaged; scan it again or type the code and --hub");
+    if text.len() > 4096 {
+        return Some(Err(bad_uri()));
+    }
+    let query = rest.strip_prefix('?').unwrap_or(rest);
+    let mut uri = EnrolUri::default();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let Some((key, value)) = pair.split_once('=') else {
+            return Some(Err(bad_uri()));
+        };
+        let Some(value) = percent_decode(value) else {
+            return Some(Err(bad_uri()));
+        };
+        match key {
+            "code" => uri.code = Some(value),
+            "hub" => uri.hub = Some(value),
+            "tls" => uri.tls = Some(value),
+            _ => {}
+        }
+    }
+    Some(Ok(uri))
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The hub URL, code and fingerprint to use: as typed, or from a scanned enrolment URI (whose
+/// fingerprint must agree with `--hub-fingerprint` when both are given).
+fn resolve_input(opts: &EnrolOptions) -> Result<(String, String, Option<String>), EnrolError> {
+    let Some(uri) = parse_enrol_uri(&opts.code) else {
+        return Ok((
+            opts.hub_url.clone(),
+            opts.code.clone(),
+            opts.hub_fingerprint.clone(),
+        ));
+    };
+    let uri = uri?;
+    let code = uri
+        .code
+        .ok_or_else(|| bad("the scanned enrolment URI holds no code; scan it again"))?;
+    let hub = if opts.hub_url.trim().is_empty() {
+        uri.hub.ok_or_else(|| {
+            bad("the scanned enrolment URI names no hub; give it with --hub https://HOST[:PORT]")
+        })?
+    } else {
+        opts.hub_url.clone()
+    };
+    let fingerprint = match (&opts.hub_fingerprint, uri.tls) {
+        (Some(given), Some(scanned)) => {
+            let same = HubFingerprint::parse(given).ok() == HubFingerprint::parse(&scanned).ok();
+            if !same {
+                return Err(bad(
+                    "--hub-fingerprint and the fingerprint in the scanned code differ; check \
+                     with HQ which one is the hub's",
+                ));
+            }
+            Some(given.clone())
+        }
+        (given, scanned) => given.clone().or(scanned),
+    };
+    Ok((hub, code, fingerprint))
+}
+
 /// Enrols this gateway. `clock` is the gateway's clock (tests shift it).
 pub async fn enrol(opts: &EnrolOptions, clock: Arc<dyn WallClock>) -> Result<Enrolled, EnrolError> {
     // 1. Offline checks.
-    let hub_url = check_hub_url(&opts.hub_url)?;
-    let code = EnrolmentCode::parse(&opts.code).map_err(|e| {
+    let (hub_url, code_text, fingerprint) = resolve_input(opts)?;
+    let hub_url = check_hub_url(&hub_url)?;
+    let code = EnrolmentCode::parse(&code_text).map_err(|e| {
         bad(format!(
             "that is not an enrolment code: {e}; check what you typed against what HQ gave you"
         ))
     })?;
     let https = hub_url.starts_with("https://");
-    let expected = opts
-        .hub_fingerprint
+    let expected = fingerprint
         .as_deref()
         .map(HubFingerprint::parse)
         .transpose()
@@ -626,6 +719,47 @@ mod tests {
             let e = check_hub_url(bad).unwrap_err().to_string();
             assert!(e.contains("https://HOST"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn a_scanned_enrolment_uri_gives_code_hub_and_fingerprint() {
+        let fp = "ab".repeat(32);
+        let opts = |code: &str, hub: &str, given: Option<&str>| EnrolOptions {
+            hub_url: hub.into(),
+            code: code.into(),
+            data_dir: "/tmp".into(),
+            config_path: None,
+            hub_fingerprint: given.map(str::to_string),
+            name: None,
+            force: false,
+        };
+        let uri = format!(
+            "aisle-enrol:?code=ABCD-EFGH-JKMN&hub=https%3A%2F%2Fhub.example%3A7400&tls={fp}"
+        );
+        assert_eq!(
+            resolve_input(&opts(&uri, "", None)).unwrap(),
+            (
+                "https://hub.example:7400".to_string(),
+                "ABCD-EFGH-JKMN".to_string(),
+                Some(fp.clone())
+            )
+        );
+        // --hub given wins over the URI's; a conflicting fingerprint is refused.
+        let (hub, _, _) = resolve_input(&opts(&uri, "https://10.0.0.2:7400", None)).unwrap();
+        assert_eq!(hub, "https://10.0.0.2:7400");
+        let e = resolve_input(&opts(&uri, "", Some(&"cd".repeat(32)))).unwrap_err();
+        assert!(e.to_string().contains("differ"), "{e}");
+        let e = resolve_input(&opts("aisle-enrol:?code=ABCD-EFGH-JKMN", "", None)).unwrap_err();
+        assert!(e.to_string().contains("--hub"), "{e}");
+        let e = resolve_input(&opts("aisle-enrol:?code=%zz", "", None)).unwrap_err();
+        assert!(e.to_string().contains("damaged"), "{e}");
+        // A typed code passes through as typed.
+        assert_eq!(
+            resolve_input(&opts("abcd efgh jkmn", "https://h", None))
+                .unwrap()
+                .1,
+            "abcd efgh jkmn"
+        );
     }
 
     #[test]
