@@ -99,6 +99,8 @@ impl Agent {
             config.sync.skew_alarm_ms,
         ));
         shared.observe_skew(ledger.view().skew_ms);
+        // Signatures carry hub time from the first request on, even while the clock is off.
+        client.set_hub_offset_ms(ledger.view().skew_ms);
         let (footfall, footfall_rx) = FootfallShared::new(config.footfall.as_ref());
         let pickup = Arc::new(pickup::PickupShared::new(
             config.store.clone(),

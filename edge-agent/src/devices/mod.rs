@@ -16,7 +16,8 @@ use crate::config::AgentConfig;
 #[derive(Debug, clap::Subcommand)]
 pub enum DevicesCommand {
     /// Probe serial ports with each protocol's identify/status command and list the MQTT devices
-    /// publishing under the store's topics.
+    /// publishing under the store's topics. Stop the agent first: a port it holds shows as
+    /// unavailable.
     Scan {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,

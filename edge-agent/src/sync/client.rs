@@ -176,6 +176,12 @@ impl HubClient {
         HubClient::with_auth(&config.hub_url, auth, pin, local)
     }
 
+    /// Starts from a known offset (hub time minus local time), e.g. the skew the ledger kept
+    /// across a restart.
+    pub fn set_hub_offset_ms(&self, offset_ms: i64) {
+        self.hub_offset_ms.store(offset_ms, Ordering::Relaxed);
+    }
+
     /// The hub's time as this client last learned it.
     pub fn hub_now(&self) -> UtcMillis {
         UtcMillis(
