@@ -584,6 +584,73 @@ async fn signed_requests(db: Db) {
     assert_eq!(err.error, "replayed");
     assert!(err.message.contains("replayed"), "{}", err.message);
 
+    // A replayed long-poll is refused at once, not after its wait: the read runs beside the
+    // nonce check and is dropped when the nonce was seen (the client gives up long before the
+    // 25 s wait would end, so a held answer fails here).
+    let poll = "/v1/sync/changes?after=999999&wait_ms=25000";
+    let n = nonce();
+    let first = env.signed(Method::GET, poll, &gw, &key, now, &n, b"", b"");
+    let replay = env
+        .signed(Method::GET, poll, &gw, &key, now, &n, b"", b"")
+        .timeout(Duration::from_secs(10));
+    let first = tokio::spawn(first.timeout(Duration::from_secs(60)).send());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, err) =
+        error_of(replay.send().await.expect("answered before the wait ended")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(err.error, "replayed");
+    first.abort();
+
+    // An upload and its replay: the upload is stored once, the replay refused.
+    let upload = |seq: u64| {
+        serde_json::to_vec(&json!({"events": [{
+            "seq": seq,
+            "id": format!("0190a0b000007000800{seq:013x}"),
+            "hlc": {"wall_ms": 1_700_000_000_000u64, "counter": 0},
+            "at": 1_795_334_400_000i64,
+            "body": {"type": "sale_committed", "sale_id": format!("lane1-{seq:04}"),
+                     "lines": [{"gtin": "09501101531000", "qty": 1,
+                                "unit_price": {"minor": 250, "currency": "CNY"},
+                                "price_version": 1,
+                                "line_total": {"minor": 250, "currency": "CNY"}}],
+                     "total": {"minor": 250, "currency": "CNY"},
+                     "payment": {"method": "cash"}}
+        }]}))
+        .unwrap()
+    };
+    let events = aisle_protocol::sync::path::EVENTS;
+    let body = upload(1);
+    let n = nonce();
+    let res = env
+        .signed(Method::POST, events, &gw, &key, now, &n, &body, &body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        StatusCode::OK,
+        "{}",
+        res.text().await.unwrap()
+    );
+    let (status, err) = error_of(
+        env.signed(Method::POST, events, &gw, &key, now, &n, &body, &body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(err.error, "replayed");
+    let sales: Value = env
+        .req(Method::GET, "/v1/stores/S001/sales?since=0", Some(HQ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(sales["sales"].as_array().map(Vec::len), Some(1), "{sales}");
+
     // A stale timestamp (6 minutes old), and one from the future: the clock is off.
     for skew in [-6 * 60_000, 6 * 60_000] {
         let (status, err) = error_of(
@@ -810,6 +877,35 @@ async fn signed_requests(db: Db) {
     .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(err.message.contains("revoked"), "{}", err.message);
+    // A revoked gateway's upload (which runs beside its nonce check) stores nothing.
+    let body = upload(2);
+    let (status, err) = error_of(
+        env.signed(
+            Method::POST,
+            events,
+            &gw,
+            &key,
+            UtcMillis::now(),
+            &nonce(),
+            &body,
+            &body,
+        )
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(err.message.contains("revoked"), "{}", err.message);
+    let sales: Value = env
+        .req(Method::GET, "/v1/stores/S001/sales?since=0", Some(HQ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(sales["sales"].as_array().map(Vec::len), Some(1), "{sales}");
 
     // Today's bearer credentials keep working beside keys.
     let res = env

@@ -11,7 +11,8 @@
 //! gateway), so each hub process caches them ([`KeyCache`]); whether the gateway is revoked is
 //! asked of the database on every request, in the statement that records the nonce, so a
 //! revocation by any hub process takes effect on the next request. A signed request costs one
-//! small write and no extra read.
+//! small write and no extra read, and for reads and uploads that write runs beside the handler
+//! (its answer held back until the nonce proved fresh; see [`may_overlap_nonce`]).
 use aisle_protocol::auth::{
     GATEWAY_HEADER, MAX_CLOCK_SKEW_MS, NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER,
     check_clock, check_nonce, parse_public_key_hex, parse_timestamp, verify_request,
@@ -78,11 +79,80 @@ pub async fn verify(State(state): State<AppState>, req: Request, next: Next) -> 
     if !req.headers().contains_key(SIGNATURE_HEADER) {
         return next.run(req).await;
     }
-    match check(&state, req).await {
-        Ok(req) => next.run(req).await,
+    let (req, nonce) = match check(&state, req).await {
+        Ok(checked) => checked,
         Err(e) => {
             state.metrics.signed_refused.inc();
-            e.into_response()
+            return e.into_response();
+        }
+    };
+    if !may_overlap_nonce(&req) {
+        if let Err(e) = nonce.record(&state).await {
+            state.metrics.signed_refused.inc();
+            return e.into_response();
+        }
+        return next.run(req).await;
+    }
+    // The signature checked out, so the request is the gateway's own; what is left to rule out
+    // is a replay or a revocation, which the nonce statement answers. For requests whose
+    // effect is harmless before that answer (see `may_overlap_nonce`), the handler runs
+    // meanwhile and its answer is released only once the nonce was fresh: a signed request
+    // then costs its signature check and not a database round trip more.
+    let handler = next.run(req);
+    let recorded = nonce.record(&state);
+    tokio::pin!(handler, recorded);
+    tokio::select! {
+        outcome = &mut recorded => match outcome {
+            // The handler is dropped unanswered (a replayed long-poll ends at once).
+            Err(e) => {
+                state.metrics.signed_refused.inc();
+                e.into_response()
+            }
+            Ok(()) => handler.await,
+        },
+        answer = &mut handler => match recorded.await {
+            Err(e) => {
+                state.metrics.signed_refused.inc();
+                e.into_response()
+            }
+            Ok(()) => answer,
+        },
+    }
+}
+
+/// Whether a signed request may run while its nonce is being recorded, its answer held back
+/// until the nonce proved fresh: reads (`GET`: nothing changes, the answer is withheld), and
+/// uploads (`POST /v1/sync/events`: idempotent by (gateway, seq) and event id, so a replay
+/// changes nothing, and the upload's own transaction refuses a revoked gateway under its row
+/// lock). Everything else records the nonce first.
+fn may_overlap_nonce(req: &Request) -> bool {
+    req.method() == axum::http::Method::GET
+        || (req.method() == axum::http::Method::POST && req.uri().path() == path::EVENTS)
+}
+
+/// A verified request's nonce, still to be recorded (with the revocation check).
+struct PendingNonce {
+    gateway: GatewayId,
+    nonce: String,
+    expires_at: UtcMillis,
+    now: UtcMillis,
+}
+
+impl PendingNonce {
+    async fn record(self, state: &AppState) -> Result<(), ApiError> {
+        let gateway = self.gateway;
+        match state
+            .storage
+            .remember_nonce(&gateway, &self.nonce, self.expires_at, self.now)
+            .await?
+        {
+            NonceOutcome::Fresh => Ok(()),
+            NonceOutcome::Replayed => Err(ApiError::Replayed(format!(
+                "replayed: gateway {gateway} already sent a request with this nonce; sign each request with a fresh nonce"
+            ))),
+            NonceOutcome::Revoked => Err(ApiError::Unauthorized(format!(
+                "gateway {gateway} was revoked; enrol it again"
+            ))),
         }
     }
 }
@@ -127,7 +197,8 @@ fn header<'a>(parts: &'a Parts, name: &'static str) -> Result<&'a str, ApiError>
         })
 }
 
-async fn check(state: &AppState, req: Request) -> Result<Request, ApiError> {
+/// Checks everything but the nonce: headers, clock, key, signature over the exact body.
+async fn check(state: &AppState, req: Request) -> Result<(Request, PendingNonce), ApiError> {
     let (mut parts, body) = req.into_parts();
     let unauthorized = |e: aisle_protocol::auth::AuthError| ApiError::Unauthorized(e.to_string());
     let gateway = GatewayId::parse(header(&parts, GATEWAY_HEADER)?)
@@ -187,23 +258,18 @@ async fn check(state: &AppState, req: Request) -> Result<Request, ApiError> {
         &bytes,
     )
     .map_err(unauthorized)?;
-    let expires_at = timestamp.saturating_add_ms(MAX_CLOCK_SKEW_MS);
-    match state
-        .storage
-        .remember_nonce(&gateway, &nonce, expires_at, now)
-        .await?
-    {
-        NonceOutcome::Fresh => {}
-        NonceOutcome::Replayed => {
-            return Err(ApiError::Replayed(format!(
-                "replayed: gateway {gateway} already sent a request with this nonce; sign each request with a fresh nonce"
-            )));
-        }
-        NonceOutcome::Revoked => return Err(revoked()),
-    }
+    let pending = PendingNonce {
+        gateway: gateway.clone(),
+        nonce,
+        expires_at: timestamp.saturating_add_ms(MAX_CLOCK_SKEW_MS),
+        now,
+    };
     parts.extensions.insert(SignedGateway(AuthenticatedGateway {
         gateway_id: gateway,
         store,
     }));
-    Ok(Request::from_parts(parts, axum::body::Body::from(bytes)))
+    Ok((
+        Request::from_parts(parts, axum::body::Body::from(bytes)),
+        pending,
+    ))
 }
