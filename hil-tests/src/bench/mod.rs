@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Result;
 use serde_json::{Map, Value};
 
+pub mod auth_overhead;
 pub mod catch_up;
 pub mod esl_bytes;
 pub mod footfall_ingest;

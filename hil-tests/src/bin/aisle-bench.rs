@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use aisle_hil::bench::{self, BenchResult};
+use aisle_hil::harness::Backend;
 use anyhow::{Result, bail};
 use clap::Parser;
 
@@ -15,13 +16,14 @@ const ALL: &[&str] = &[
     "footfall_ingest",
     "redeem",
     "esl_bytes",
+    "auth_overhead",
 ];
 
 #[derive(Parser, Debug)]
 #[command(about = "Aisle benchmarks, each beside its baseline measured in the same run")]
 struct Args {
     /// Benchmarks to run (default: all): ledger_append, catch_up, agent_rss, reconnect,
-    /// footfall_ingest, redeem, esl_bytes.
+    /// footfall_ingest, redeem, esl_bytes, auth_overhead.
     names: Vec<String>,
     /// Where report.json and report.md go.
     #[arg(long, default_value = "target/bench")]
@@ -47,6 +49,9 @@ struct Args {
     /// Orders redeemed one after another in redeem.
     #[arg(long, default_value_t = 500)]
     redeems: usize,
+    /// Requests of each kind to each hub in auth_overhead.
+    #[arg(long, default_value_t = 1_000)]
+    auth_rounds: usize,
 }
 
 #[tokio::main]
@@ -75,6 +80,13 @@ async fn main() -> Result<()> {
             }
             "redeem" => bench::redeem::run(args.open_orders, args.redeems).await?,
             "esl_bytes" => bench::esl_bytes::run()?,
+            "auth_overhead" => {
+                let mut r = bench::auth_overhead::run(Backend::Sqlite, args.auth_rounds).await?;
+                let pg = bench::auth_overhead::run(Backend::Postgres, args.auth_rounds).await?;
+                r.figures.extend(pg.figures);
+                r.rows.extend(pg.rows);
+                r
+            }
             other => bail!("unknown benchmark {other}"),
         };
         results.insert(name.clone(), r);
