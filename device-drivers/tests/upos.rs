@@ -40,6 +40,14 @@ impl Plug {
         }
     }
 
+    /// Pulls the device out as udev does: the name goes first, then the device. (Without
+    /// that, a test running in parallel may get the same /dev/pts number and answer under the
+    /// stale name.)
+    fn unplug(self, link: &Path) {
+        std::fs::remove_file(link).unwrap();
+        drop(self);
+    }
+
     fn write(&mut self, b: &[u8]) {
         self.master.write_all(b).unwrap();
         self.master.flush().unwrap();
@@ -165,7 +173,7 @@ fn scanner_reads_scans_reports_bad_ones_and_survives_unplug_and_replug() {
     assert_eq!(c.gtin.unwrap().as_str(), "00000095012346");
 
     // Unplug: the pty goes away. Replug under the same name: picked up again.
-    drop(plug);
+    plug.unplug(&path);
     let down = wait_status(&rx, |s| matches!(s, DeviceStatus::Disconnected { .. }));
     assert!(
         matches!(s.status(), DeviceStatus::Disconnected { .. }),
@@ -236,7 +244,7 @@ fn mt_sics_scale(
 
 fn scale(path: &Path, protocol: ScaleProtocol) -> (Scale, Receiver<DeviceEvent<Reading>>) {
     let mut config = ScaleConfig::new(path.to_str().unwrap(), protocol);
-    config.answer_timeout = Duration::from_millis(200);
+    config.answer_timeout = Duration::from_millis(400);
     config.repoll = Duration::from_millis(10);
     config.port.backoff = fast_backoff();
     Scale::open(config)
@@ -304,7 +312,7 @@ fn scale_weighs_on_request_waits_for_stable_and_goes_offline_when_silent() {
     let plug = fake.join().unwrap();
 
     // Unplugged: weigh says so at once; replugged: weighs again.
-    drop(plug);
+    plug.unplug(&path);
     wait_status(&rx, |s| matches!(s, DeviceStatus::Disconnected { .. }));
     assert!(matches!(sc.weigh(req), Err(DeviceError::Disconnected(_))));
     let plug = Plug::new(&path);
@@ -343,7 +351,7 @@ fn scale_that_never_settles_is_not_stable_and_toledo_motion_has_no_weight() {
         }
     });
     assert_eq!(
-        sc.weigh(WeighRequest::stable(Duration::from_millis(300))),
+        sc.weigh(WeighRequest::stable(Duration::from_millis(600))),
         Err(DeviceError::Scale(ScaleError::NotStable))
     );
     assert_eq!(

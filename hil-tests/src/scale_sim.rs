@@ -277,10 +277,13 @@ impl ScaleSim {
             Command::Garbage(n) => lock(&self.inner.state).garbage = n,
             Command::Sleep(d) => std::thread::sleep(d),
             Command::Unplug => {
-                if self.config.link.is_none() {
+                let Some(link) = &self.config.link else {
                     bail!("unplug needs a link path (--link)");
-                }
-                *lock(&self.inner.port) = None;
+                };
+                let mut port = lock(&self.inner.port);
+                // As udev does: the name goes first, then the device.
+                let _ = std::fs::remove_file(link);
+                *port = None;
             }
             Command::Plug => {
                 let link = self

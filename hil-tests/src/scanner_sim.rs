@@ -299,6 +299,11 @@ impl ScannerSim {
                     bail!("unplug needs a link path (--link)");
                 }
                 let mut guard = self.port.lock().map_err(|_| anyhow!("poisoned"))?;
+                // As udev does: the name goes first, then the device, so nothing opens a
+                // reused pty number under the old name.
+                if let Some(link) = &self.config.link {
+                    let _ = std::fs::remove_file(link);
+                }
                 *guard = None;
                 Ok("unplugged".into())
             }

@@ -199,7 +199,7 @@ fn scale_pair(
     })
     .unwrap();
     let mut config = ScaleConfig::new(sim.path(), protocol);
-    config.answer_timeout = Duration::from_millis(250);
+    config.answer_timeout = Duration::from_millis(400);
     config.repoll = Duration::from_millis(20);
     config.port.backoff = backoff();
     let (mut scale, rx) = Scale::open(config);
@@ -242,7 +242,7 @@ fn each_protocol(protocol: ScaleProtocol) {
     // Moving for ever: not stable.
     sim.run_script("motion on\n").unwrap();
     assert_eq!(
-        scale.weigh(WeighRequest::stable(Duration::from_millis(300))),
+        scale.weigh(WeighRequest::stable(Duration::from_millis(600))),
         Err(DeviceError::Scale(ScaleError::NotStable)),
         "{protocol:?}"
     );
