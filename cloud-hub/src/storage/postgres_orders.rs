@@ -7,7 +7,8 @@
 //!   stock, and two requests for one order id), then the order's row (`FOR UPDATE`).
 //! - An upload takes its gateway row, `SALES_LOCK` when it has sales, then [`PICKUP_LOCK`] for
 //!   its store, then the rows of the orders its events name, in event order. The store lock
-//!   means two uploads of one store never lock two orders in opposite orders.
+//!   means two uploads of one store never lock two orders in opposite orders. Label events
+//!   come after (`LABELS_LOCK` per store, see `postgres_labels`), `AUDIT_LOCK` last.
 //! - The expiry sweep locks one order row per transaction.
 use aisle_protocol::pickup::{
     PickupCancellation, PickupClaims, PickupKey, PickupOrder, PickupOrderLine, code_digest,
