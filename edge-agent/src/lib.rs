@@ -25,6 +25,7 @@ use tokio::task::JoinHandle;
 
 pub mod activator;
 pub mod api;
+pub mod audit;
 pub mod clock;
 pub mod config;
 pub mod devices;
@@ -121,6 +122,7 @@ impl Agent {
             };
 
         let app = api::router(api::AppState {
+            audit: Arc::new(audit::AuditLog::new(&config.data_dir)),
             store: config.store.clone(),
             ledger: ledger.clone(),
             sync: shared.clone(),

@@ -49,6 +49,11 @@ enum Command {
         #[command(subcommand)]
         command: aisle_agent::devices::DevicesCommand,
     },
+    /// The gateway's audit log (enrolment, device credentials, staff sign-ins).
+    Audit {
+        #[command(subcommand)]
+        command: aisle_agent::provisioning::commands::AuditCommand,
+    },
     /// Barcodes, for technicians.
     Barcode {
         #[command(subcommand)]
@@ -128,6 +133,7 @@ fn main() -> ExitCode {
         Command::Enroll(args) => aisle_agent::provisioning::commands::enroll(args),
         Command::Doctor(args) => aisle_agent::provisioning::commands::doctor(args),
         Command::Devices { command } => aisle_agent::devices::run(command),
+        Command::Audit { command } => aisle_agent::provisioning::commands::audit(command),
         Command::Barcode {
             command:
                 BarcodeCommand::Parse {

@@ -166,6 +166,11 @@ async fn each_mqtt_device_publishes_only_to_its_own_topic_on_a_real_mosquitto() 
     assert_eq!(user_b, "camera-door-2");
     let stored = std::fs::read_to_string(files.join("passwd")).unwrap();
     assert!(!stored.contains(&pass_a) && !stored.contains(&pass_b));
+    let audited = aisle_agent::audit::list(dir.path()).unwrap();
+    assert_eq!(audited.len(), 2, "{audited:?}");
+    assert!(audited[1].subject.contains("camera-door-2 may publish to"));
+    let audit_text = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+    assert!(!audit_text.contains(&pass_a) && !audit_text.contains(&pass_b));
 
     let broker = Broker::start(dir.path(), &files).await;
     // The agent's side: no login, reads every device of the store.

@@ -201,7 +201,10 @@ async fn an_enrolled_gateway_syncs_signed_over_the_pinned_certificate_until_revo
         .mode()
         & 0o777;
     assert_eq!(mode, 0o600);
-    assert_eq!(files_in(&data), BTreeSet::from(["gateway.key".to_string()]));
+    assert_eq!(
+        files_in(&data),
+        BTreeSet::from(["audit.log".to_string(), "gateway.key".to_string()])
+    );
 
     let config = AgentConfig::load(&config_path).unwrap();
     assert_eq!(config.store.as_str(), "S001");
@@ -220,6 +223,19 @@ async fn an_enrolled_gateway_syncs_signed_over_the_pinned_certificate_until_revo
         .unwrap();
     assert_eq!(at_hub.store.as_str(), "S001");
     assert_eq!(at_hub.enrolled_name.as_deref(), Some("back office pi"));
+    // The gateway's own audit log names the enrolment (not the code).
+    let audited = aisle_agent::audit::list(&data).unwrap();
+    assert_eq!(audited.len(), 1);
+    assert_eq!(
+        audited[0].action,
+        aisle_agent::audit::action::GATEWAY_ENROLLED
+    );
+    assert!(
+        audited[0].subject.contains(identity.id.as_str()),
+        "{audited:?}"
+    );
+    assert!(audited[0].subject.contains("(as given)"), "{audited:?}");
+    let audit_text = std::fs::read_to_string(data.join("audit.log")).unwrap();
 
     // The agent as a process, its log captured.
     let log_path = dir.path().join("agent.log");
@@ -278,7 +294,11 @@ async fn an_enrolled_gateway_syncs_signed_over_the_pinned_certificate_until_revo
     // No secret in anything the agent printed or logged.
     let secret = key_secret(&data);
     let canonical: String = code.chars().filter(|c| *c != '-').collect();
-    for (what, output) in [("enroll output", &shown), ("agent log", &agent_log)] {
+    for (what, output) in [
+        ("enroll output", &shown),
+        ("agent log", &agent_log),
+        ("audit log", &audit_text),
+    ] {
         assert!(output.len() > 100, "{what} is too short to mean anything");
         for needle in [
             &secret,
@@ -493,7 +513,11 @@ async fn bad_input_at_enrolment_says_what_to_do_and_leaves_no_half_enrolled_gate
     assert_eq!(config.store.as_str(), "S002");
     assert_eq!(
         files_in(&data),
-        BTreeSet::from(["agent.toml".to_string(), "gateway.key".to_string()])
+        BTreeSet::from([
+            "agent.toml".to_string(),
+            "audit.log".to_string(),
+            "gateway.key".to_string()
+        ])
     );
     let ids: Vec<GatewayId> = hub
         .handle

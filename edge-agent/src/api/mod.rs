@@ -48,6 +48,8 @@ pub struct AppState {
     pub footfall: Arc<FootfallShared>,
     pub pickup: Arc<PickupShared>,
     pub labels: Arc<LabelsShared>,
+    /// The gateway's audit log (staff sign-ins, refused PINs).
+    pub audit: Arc<crate::audit::AuditLog>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -205,6 +205,13 @@ pub(super) async fn sign_in(
         .flatten();
     let Some(name) = who else {
         tracing::warn!(address = %address, "staff sign-in with a wrong PIN");
+        audit(
+            &st,
+            format!("device:{address}"),
+            crate::audit::action::STAFF_PIN_REFUSED,
+            String::new(),
+        )
+        .await;
         return error(
             StatusCode::UNAUTHORIZED,
             error_code::UNAUTHORIZED,
@@ -217,6 +224,13 @@ pub(super) async fn sign_in(
     }
     let (token, session) = p.sessions.open(name.clone(), p.now());
     tracing::info!(staff = %name, "staff signed in");
+    audit(
+        &st,
+        format!("staff:{name}"),
+        crate::audit::action::STAFF_SIGNED_IN,
+        format!("from {address}"),
+    )
+    .await;
     let cookie = format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/");
     let mut r = Json(json!({
         "staff": name,
@@ -238,4 +252,11 @@ pub(super) async fn sign_out(State(st): State<AppState>, headers: HeaderMap) -> 
         HeaderValue::from_static("aisle_staff=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
     );
     r
+}
+
+/// Records a sign-in (or a refused PIN) in the gateway's audit log, off the async threads.
+async fn audit(st: &AppState, actor: String, action: &'static str, subject: String) {
+    let log = st.audit.clone();
+    let at_ms = aisle_protocol::UtcMillis::now().0;
+    let _ = tokio::task::spawn_blocking(move || log.record(at_ms, &actor, action, &subject)).await;
 }

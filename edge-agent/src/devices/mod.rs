@@ -157,6 +157,12 @@ pub fn run(command: DevicesCommand) -> anyhow::Result<()> {
                 &id,
             )
             .map_err(anyhow::Error::msg)?;
+            crate::audit::AuditLog::new(&config.data_dir).record(
+                aisle_protocol::UtcMillis::now().0,
+                "technician",
+                crate::audit::action::MQTT_DEVICE_ADDED,
+                &format!("{} may publish to {}", added.user, added.topic),
+            );
             println!("user: {}", added.user);
             println!("password: {}", added.password);
             println!("may publish to: {}", added.topic);

@@ -107,3 +107,34 @@ pub fn doctor(args: DoctorArgs) -> anyhow::Result<()> {
         anyhow::bail!("self-check failed: fix the FAIL lines above and run doctor again")
     }
 }
+
+/// `aisle-agent audit ...`: the gateway's own audit log.
+#[derive(Debug, clap::Subcommand)]
+pub enum AuditCommand {
+    /// Check every entry's hash and link; exit 0 only if the log is intact.
+    Verify {
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+    },
+    /// Print every entry as a JSON line.
+    List {
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+    },
+}
+
+/// Runs an `audit` command.
+pub fn audit(command: AuditCommand) -> anyhow::Result<()> {
+    match command {
+        AuditCommand::Verify { data } => {
+            let r = crate::audit::verify(&data)?;
+            println!("audit log intact: {} entries, head {}", r.entries, r.head);
+        }
+        AuditCommand::List { data } => {
+            for e in crate::audit::list(&data)? {
+                println!("{}", serde_json::to_string(&e)?);
+            }
+        }
+    }
+    Ok(())
+}

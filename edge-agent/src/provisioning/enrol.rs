@@ -673,6 +673,21 @@ pub async fn enrol(opts: &EnrolOptions, clock: Arc<dyn WallClock>) -> Result<Enr
         .map_err(|e| not_saved(format!("writing {}: {e}", config_path.display())))?;
     commit_all(vec![key_file, config_file])
         .map_err(|e| not_saved(format!("renaming into place: {e}")))?;
+    crate::audit::AuditLog::new(&data_dir).record(
+        clock.now_ms(),
+        "technician",
+        crate::audit::action::GATEWAY_ENROLLED,
+        &format!(
+            "gateway {} for store {} at {hub_url}, hub certificate {}",
+            enrolled.gateway_id,
+            enrolled.store,
+            match (&presented, expected.is_some()) {
+                (Some(p), true) => format!("{p} (as given)"),
+                (Some(p), false) => format!("{p} (pinned on first use)"),
+                (None, _) => "none (plain HTTP)".to_string(),
+            }
+        ),
+    );
     tracing::info!(
         gateway = %enrolled.gateway_id,
         store = %enrolled.store,
