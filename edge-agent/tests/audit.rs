@@ -47,11 +47,17 @@ async fn staff_sign_ins_and_refused_pins_are_audited_without_the_pin() {
         actions,
         [action::STAFF_PIN_REFUSED, action::STAFF_SIGNED_IN]
     );
-    assert!(entries[0].actor.starts_with("device:127.0.0.1"), "{entries:?}");
+    assert!(
+        entries[0].actor.starts_with("device:127.0.0.1"),
+        "{entries:?}"
+    );
     assert_eq!(entries[1].actor, "staff:Ana");
     for e in &entries {
         for field in [&e.actor, &e.action, &e.subject] {
-            assert!(!field.contains("473829") && !field.contains("918273"), "{e:?}");
+            assert!(
+                !field.contains("473829") && !field.contains("918273"),
+                "{e:?}"
+            );
         }
     }
     assert_eq!(audit::verify(dir.path()).unwrap().entries, 2);
