@@ -773,3 +773,71 @@ mod integrity {
         }
     }
 }
+
+/// `aisle-agent labels import` on a stopped agent's data dir: all rows or none, each refused row
+/// named by line on stderr.
+#[tokio::test]
+async fn the_import_command_binds_a_file_or_names_every_bad_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    {
+        let (l, _) = open(&data).await;
+        l.stage_prices(vec![price(gtin(1), 1, 350, T0), price(gtin(2), 1, 990, T0)])
+            .await
+            .unwrap();
+        l.close().await;
+    }
+    let run = |csv: String| {
+        let file = dir.path().join("labels.csv");
+        std::fs::write(&file, csv).unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_aisle-agent"))
+            .args(["labels", "import", "--data"])
+            .arg(&data)
+            .arg(&file)
+            .output()
+            .unwrap()
+    };
+    let bad = run(format!(
+        "label,gtin,shelf\n00F00001,{},F1\n00F00002,{},F2\nbroken,{},F3\n",
+        gtin(1),
+        gtin(9),
+        gtin(1)
+    ));
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("line 4:"), "{err}");
+    let bad = run(format!(
+        "label,gtin,shelf\n00F00001,{},F1\n00F00002,{},F2\n",
+        gtin(1),
+        gtin(9)
+    ));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success());
+    assert!(err.contains("line 3:") && err.contains("no price"), "{err}");
+    let good = run(format!(
+        "label,gtin,shelf,panel\n00F00001,{},F1,\n00F00002,{},F2,bwr420\n",
+        gtin(1),
+        gtin(2)
+    ));
+    let out = String::from_utf8_lossy(&good.stdout);
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+    assert!(out.contains("2 labels bound"), "{out}");
+    let (l, _) = open(&data).await;
+    let all = l.labels(None, 10).await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[1].binding.panel, Panel::Bwr420);
+    assert!(
+        all[0]
+            .binding
+            .bound_by
+            .as_deref()
+            .unwrap()
+            .contains("labels.csv")
+    );
+    l.close().await;
+    verify(&data).unwrap();
+}

@@ -505,7 +505,12 @@ impl LabelPlanner {
                             self.push(ap, label, Some(have));
                         }
                         Outcome::Stale { last } => {
-                            plan.seq = last.0;
+                            // Only ever forward: a late answer to an older frame must not make
+                            // the planner reuse seqs the tag has already applied.
+                            let ahead = last.0.wrapping_sub(plan.seq);
+                            if ahead != 0 && ahead < 0x8000 {
+                                plan.seq = last.0;
+                            }
                             if watched && plan.pending() {
                                 self.push(ap, label, None);
                             }
