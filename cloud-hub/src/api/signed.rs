@@ -30,7 +30,7 @@ use ed25519_dalek::VerifyingKey;
 
 use super::{ApiError, AppState, MAX_SMALL_BODY_BYTES, SignedGateway};
 use crate::security::NonceOutcome;
-use crate::storage::AuthenticatedGateway;
+use crate::storage::{AuthenticatedGateway, Backend};
 
 /// Most keys one process caches; beyond it the cache starts again (they are reloaded on use).
 const MAX_CACHED_KEYS: usize = 100_000;
@@ -86,7 +86,7 @@ pub async fn verify(State(state): State<AppState>, req: Request, next: Next) -> 
             return e.into_response();
         }
     };
-    if !may_overlap_nonce(&req) {
+    if !may_overlap_nonce(&req, state.storage.backend()) {
         if let Err(e) = nonce.record(&state).await {
             state.metrics.signed_refused.inc();
             return e.into_response();
@@ -122,12 +122,16 @@ pub async fn verify(State(state): State<AppState>, req: Request, next: Next) -> 
 
 /// Whether a signed request may run while its nonce is being recorded, its answer held back
 /// until the nonce proved fresh: reads (`GET`: nothing changes, the answer is withheld), and
-/// uploads (`POST /v1/sync/events`: idempotent by (gateway, seq) and event id, so a replay
-/// changes nothing, and the upload's own transaction refuses a revoked gateway under its row
-/// lock). Everything else records the nonce first.
-fn may_overlap_nonce(req: &Request) -> bool {
+/// on PostgreSQL uploads (`POST /v1/sync/events`: idempotent by (gateway, seq) and event id,
+/// so a replay changes nothing, and the upload's own transaction refuses a revoked gateway
+/// under its row lock). SQLite has one writer at a time, so there an upload beside the nonce
+/// write would only wait for it (in the busy handler's sleeps); everything else records the
+/// nonce first.
+fn may_overlap_nonce(req: &Request, backend: Backend) -> bool {
     req.method() == axum::http::Method::GET
-        || (req.method() == axum::http::Method::POST && req.uri().path() == path::EVENTS)
+        || (backend == Backend::Postgres
+            && req.method() == axum::http::Method::POST
+            && req.uri().path() == path::EVENTS)
 }
 
 /// A verified request's nonce, still to be recorded (with the revocation check).

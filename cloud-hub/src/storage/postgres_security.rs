@@ -405,50 +405,70 @@ pub(super) async fn remember_nonce(
     expires_at: UtcMillis,
     now: UtcMillis,
 ) -> Result<NonceOutcome, StorageError> {
-    let tx = client.transaction().await?;
-    tx.batch_execute("SET LOCAL synchronous_commit TO OFF")
-        .await?;
-    if prune_now() {
-        tx.execute(
-            "DELETE FROM gateway_nonces WHERE expires_at < $1",
-            &[&now.0],
-        )
-        .await?;
+    // Every signed request pays for this, so it is one round trip: the transaction, its
+    // asynchronous commit (see the crate docs: a nonce lost with the last few milliseconds
+    // before a crash could be replayed inside its 5-minute window, against a TLS link), the
+    // revocation check and the insert travel as one simple-query string. The simple protocol
+    // takes no parameters, so the values are inlined; each is checked here to be made only of
+    // characters that need no quoting (the gateway id and nonce were validated before, and
+    // this refuses anything else rather than trusting that).
+    let plain = |v: &str| {
+        !v.is_empty()
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if !plain(gateway.as_str()) || !plain(nonce) {
+        return Err(StorageError::InvalidInput(
+            "a gateway id or nonce with unexpected characters".into(),
+        ));
     }
+    let gw = gateway.as_str();
+    let expires = expires_at.0.max(now.0.saturating_add(MAX_CLOCK_SKEW_MS));
+    let prune = if prune_now() {
+        format!("DELETE FROM gateway_nonces WHERE expires_at < {};", now.0)
+    } else {
+        String::new()
+    };
     // Recorded only while the gateway is live: the revocation check and the nonce are one
     // statement, so a revocation committed before it is always seen.
-    let n = tx
-        .execute(
-            "INSERT INTO gateway_nonces (gateway_id, nonce, expires_at)
-             SELECT $1, $2, $3 WHERE EXISTS (
-                 SELECT 1 FROM gateways WHERE gateway_id = $1 AND revoked_at IS NULL)
-             ON CONFLICT (gateway_id, nonce) DO NOTHING",
-            &[
-                &gateway.as_str(),
-                &nonce,
-                &expires_at.0.max(now.0.saturating_add(MAX_CLOCK_SKEW_MS)),
-            ],
-        )
-        .await?;
-    let outcome = if n == 1 {
-        NonceOutcome::Fresh
-    } else {
-        let live: Option<bool> = tx
-            .query_opt(
-                "SELECT revoked_at IS NULL FROM gateways WHERE gateway_id = $1",
-                &[&gateway.as_str()],
-            )
-            .await?
-            .map(|r| r.try_get(0))
-            .transpose()?;
-        if live == Some(true) {
-            NonceOutcome::Replayed
-        } else {
-            NonceOutcome::Revoked
+    let sql = format!(
+        "BEGIN; SET LOCAL synchronous_commit TO OFF; {prune}
+         WITH ins AS (
+             INSERT INTO gateway_nonces (gateway_id, nonce, expires_at)
+             SELECT '{gw}', '{nonce}', {expires} WHERE EXISTS (
+                 SELECT 1 FROM gateways WHERE gateway_id = '{gw}' AND revoked_at IS NULL)
+             ON CONFLICT (gateway_id, nonce) DO NOTHING
+             RETURNING 1)
+         SELECT (SELECT count(*) FROM ins)::text,
+                (SELECT (revoked_at IS NULL)::text FROM gateways WHERE gateway_id = '{gw}');
+         COMMIT;"
+    );
+    let messages = match client.simple_query(&sql).await {
+        Ok(m) => m,
+        Err(e) => {
+            // A failed statement leaves the transaction aborted on this connection.
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(e.into());
         }
     };
-    tx.commit().await?;
-    Ok(outcome)
+    let row = messages.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+        _ => None,
+    });
+    let Some(row) = row else {
+        return Err(StorageError::Corrupt(
+            "the nonce statement answered no row".into(),
+        ));
+    };
+    let inserted = row.get(0) == Some("1");
+    let live = row.get(1) == Some("true");
+    Ok(if inserted {
+        NonceOutcome::Fresh
+    } else if live {
+        NonceOutcome::Replayed
+    } else {
+        NonceOutcome::Revoked
+    })
 }
 
 pub(super) async fn list_gateways<C: GenericClient>(
