@@ -40,7 +40,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use aisle_firmware::{Effect, FrameBuffer, LabelColor, Panel, Sensors, Tag, TagConfig};
+use aisle_firmware::{Effect, FrameBuffer, Panel, Sensors, Tag, TagConfig};
 use aisle_protocol::esl::frame::decode_body;
 use aisle_protocol::esl::{
     ApCommand, ApId, ApRefusal, ApReport, ApStatus, ContentHash, DynamicFields, FrameError,
@@ -991,43 +991,10 @@ impl AccessPoint {
     }
 }
 
-/// The colour a PNG shows for each label colour.
-pub fn rgb(c: LabelColor) -> [u8; 3] {
-    match c {
-        LabelColor::White => [0xff, 0xff, 0xff],
-        LabelColor::Black => [0x00, 0x00, 0x00],
-        LabelColor::Red => [0xd0, 0x10, 0x10],
-    }
-}
-
-/// A frame buffer as an indexed PNG (white, black, red): exactly its pixels.
-pub fn label_png<S: AsRef<[u8]> + AsMut<[u8]>>(fb: &FrameBuffer<S>) -> Result<Vec<u8>> {
-    let (w, h) = fb.panel().size();
-    let mut data = Vec::with_capacity(usize::from(w) * usize::from(h));
-    for y in 0..h {
-        for x in 0..w {
-            data.push(match fb.pixel(x, y) {
-                LabelColor::White => 0u8,
-                LabelColor::Black => 1,
-                LabelColor::Red => 2,
-            });
-        }
-    }
-    let palette: Vec<u8> = [LabelColor::White, LabelColor::Black, LabelColor::Red]
-        .into_iter()
-        .flat_map(rgb)
-        .collect();
-    let mut out = Vec::new();
-    {
-        let mut enc = png::Encoder::new(&mut out, u32::from(w), u32::from(h));
-        enc.set_color(png::ColorType::Indexed);
-        enc.set_depth(png::BitDepth::Eight);
-        enc.set_palette(palette);
-        let mut writer = enc.write_header()?;
-        writer.write_image_data(&data)?;
-    }
-    Ok(out)
-}
+/// The screens are PNGs from the agent's own encoder (the one behind its
+/// `/v1/labels/{id}/preview.png`), so a simulated tag's screen and the agent's preview of it are
+/// one format and compare pixel for pixel.
+pub use aisle_agent::labels::preview::{label_png, rgb};
 
 /// Where the simulator writes `label`'s screen.
 pub fn png_path(dir: &Path, label: LabelId) -> PathBuf {
