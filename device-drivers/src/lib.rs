@@ -10,6 +10,9 @@
 //! Self-checkout (issue 4): [`scanner`] (what a barcode scan means), [`scale`] (serial scale
 //! protocols), [`serial`] (line settings) and [`upos`] (the UnifiedPOS-style device model with
 //! a thread per port, unplug and replug).
+//!
+//! Gateway status hardware (issue 7): [`status_panel`] (status LED, buzzer and reset button over
+//! embedded-hal; the Raspberry Pi pins with the feature `rpi`).
 #![forbid(unsafe_code)]
 
 pub mod backoff;
@@ -19,6 +22,7 @@ pub mod framing;
 pub mod scale;
 pub mod scanner;
 pub mod serial;
+pub mod status_panel;
 pub mod upos;
 
 pub use framing::{FrameError, LineFramer, Suffix};
