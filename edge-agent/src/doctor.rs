@@ -122,7 +122,15 @@ pub async fn run(config: &AgentConfig, clock: Arc<dyn WallClock>) -> Report {
     checks.push(disk(&config.data_dir));
     checks.push(ledger(&config.data_dir).await);
     checks.push(broker(config).await);
-    checks.extend(serial_devices(config));
+    let config_copy = config.clone();
+    match tokio::task::spawn_blocking(move || serial_devices(&config_copy)).await {
+        Ok(c) => checks.extend(c),
+        Err(e) => checks.push(fail(
+            "devices",
+            format!("the check stopped: {e}"),
+            "run it again",
+        )),
+    }
     Report::new(checks)
 }
 
@@ -345,25 +353,45 @@ pub async fn mqtt_connect(host: &str, port: u16) -> Result<(), String> {
 }
 
 fn serial_devices(config: &AgentConfig) -> Vec<Check> {
-    let mut paths = Vec::new();
-    if let Some(ap) = config.labels.as_ref().and_then(|l| l.access_point.clone()) {
-        paths.push(("label access point", ap));
+    let Some(labels) = config.labels.as_ref() else {
+        return Vec::new();
+    };
+    let Some(path) = labels.access_point.clone() else {
+        return Vec::new();
+    };
+    let name = format!("label access point {path}");
+    if let Err(e) = open_serial(Path::new(&path)) {
+        return vec![fail(
+            &name,
+            e,
+            "check the cable and `ls -l /dev/serial/by-id/`; the agent's user needs the dialout \
+             group; `aisle-agent devices scan` lists what answers",
+        )];
     }
-    paths
-        .into_iter()
-        .map(|(what, path)| {
-            let name = format!("{what} {path}");
-            match open_serial(Path::new(&path)) {
-                Ok(()) => pass(&name, "serial port opens"),
-                Err(e) => fail(
-                    &name,
-                    e,
-                    "check the cable and `ls -l /dev/serial/by-id/`; the agent's user needs \
-                     the dialout group; `aisle-agent devices scan` lists what answers",
-                ),
-            }
-        })
-        .collect()
+    use crate::devices::probe::{Found, probe_access_point};
+    vec![match probe_access_point(Path::new(&path), labels.baud) {
+        Found::EslAccessPoint { status } => pass(
+            &name,
+            status.unwrap_or_else(|| "the access point answered".into()),
+        ),
+        Found::Unavailable { error } => fail(
+            &name,
+            format!("opens, but not for this check ({error})"),
+            "stop the agent to check the access point, or check it in the agent's status page",
+        ),
+        other => fail(
+            &name,
+            format!(
+                "the port opens but no access point answers ({})",
+                serde_json::to_string(&other).unwrap_or_default()
+            ),
+            format!(
+                "check that this is the access point's port and that [labels] baud ({}) is \
+                 its speed; power-cycle the access point",
+                labels.baud
+            ),
+        ),
+    }]
 }
 
 /// Opens a serial device read-write without blocking on modem lines, then closes it.

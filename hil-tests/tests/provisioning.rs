@@ -593,11 +593,18 @@ async fn doctor_passes_an_enrolled_gateway_and_says_what_to_do_about_each_failur
     );
     let config_path = data.join("agent.toml");
     let enrolled = std::fs::read_to_string(&config_path).unwrap();
+    // The shelf-label access point: the simulator on a pseudo-terminal.
+    let ap = aisle_hil::esl_sim::EslSim::start(aisle_hil::esl_sim::EslSimConfig::new(
+        aisle_protocol::esl::LabelId(0x00A1_0001),
+        1,
+    ))
+    .unwrap();
     std::fs::write(
         &config_path,
         format!(
-            "{enrolled}\n[footfall]\nmqtt = \"{}\"\n",
-            aisle_hil::mqtt::broker()
+            "{enrolled}\n[footfall]\nmqtt = \"{}\"\n\n[labels]\naccess_point = \"{}\"\n",
+            aisle_hil::mqtt::broker(),
+            ap.path()
         ),
     )
     .unwrap();
@@ -613,6 +620,7 @@ async fn doctor_passes_an_enrolled_gateway_and_says_what_to_do_about_each_failur
         "PASS  disk space",
         "PASS  ledger",
         "PASS  MQTT broker",
+        "PASS  label access point",
     ] {
         assert!(shown.contains(line), "{line}: {shown}");
     }
@@ -625,8 +633,9 @@ async fn doctor_passes_an_enrolled_gateway_and_says_what_to_do_about_each_failur
         .revoke_gateway_by(&id, &Actor::cli())
         .await
         .unwrap();
-    let with_labels = std::fs::read_to_string(&config_path).unwrap()
-        + "\n[labels]\naccess_point = \"/dev/serial/by-id/usb-aisle-ap-unplugged\"\n";
+    let with_labels = std::fs::read_to_string(&config_path)
+        .unwrap()
+        .replace(ap.path(), "/dev/serial/by-id/usb-aisle-ap-unplugged");
     std::fs::write(&config_path, with_labels).unwrap();
     let (ok, json) = doctor(&config_path, true);
     assert!(!ok, "{json}");

@@ -167,6 +167,42 @@ fn ask(
     answer
 }
 
+/// Sends the access point's `StatusRequest` and collects the answer.
+fn ask_access_point(port: &mut dyn serialport::SerialPort) -> Vec<u8> {
+    let Ok(frame) = encode_frame_vec(Header::new(0u32, Seq(1)), &ApCommand::StatusRequest) else {
+        return Vec::new();
+    };
+    // A leading delimiter ends whatever an earlier probe left in the access point's reader.
+    let mut command = vec![0u8];
+    command.extend_from_slice(&frame);
+    ask(port, &command, |a| {
+        a.iter().filter(|b| **b == 0).count() >= 2
+    })
+}
+
+/// Asks only whether an access point answers on `path` (what `doctor` checks). Blocking.
+pub fn probe_access_point(path: &Path, baud: u32) -> Found {
+    let port = serialport::new(path.to_string_lossy(), baud)
+        .timeout(Duration::from_millis(50))
+        .open();
+    let mut port = match port {
+        Ok(p) => p,
+        Err(e) => {
+            return Found::Unavailable {
+                error: e.to_string(),
+            };
+        }
+    };
+    let a = ask_access_point(port.as_mut());
+    match classify_access_point(&a) {
+        Some(f) => f,
+        None if a.is_empty() => Found::Silent,
+        None => Found::Unknown {
+            answer: escaped(&a[..a.len().min(MAX_ANSWER)]),
+        },
+    }
+}
+
 /// Probes one port. Blocking: call it off the async threads.
 pub fn probe(path: &Path, access_point_baud: u32) -> Found {
     let open = |baud| {
@@ -206,18 +242,11 @@ pub fn probe(path: &Path, access_point_baud: u32) -> Found {
             }
         };
     }
-    if let Ok(frame) = encode_frame_vec(Header::new(0u32, Seq(1)), &ApCommand::StatusRequest) {
-        // A leading delimiter ends whatever the text probes left in the access point's reader.
-        let mut command = vec![0u8];
-        command.extend_from_slice(&frame);
-        let a = ask(port.as_mut(), &command, |a| {
-            a.iter().filter(|b| **b == 0).count() >= 2
-        });
-        if let Some(f) = classify_access_point(&a) {
-            return f;
-        }
-        heard.extend_from_slice(&a);
+    let a = ask_access_point(port.as_mut());
+    if let Some(f) = classify_access_point(&a) {
+        return f;
     }
+    heard.extend_from_slice(&a);
     if heard.is_empty() {
         Found::Silent
     } else {
