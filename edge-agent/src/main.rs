@@ -220,6 +220,17 @@ fn import_labels(data: PathBuf, panel: &str, file: PathBuf) -> anyhow::Result<()
             Err(e) => Err(anyhow::Error::new(e)),
         }
     })?;
+    aisle_agent::audit::AuditLog::new(&data).record(
+        aisle_protocol::UtcMillis::now().0,
+        "technician",
+        "labels_imported",
+        &format!(
+            "{} ({n} rows, {} bound, {} unchanged)",
+            file.display(),
+            out.bound,
+            out.unchanged
+        ),
+    );
     println!(
         "{n} rows: {} labels bound, {} unchanged",
         out.bound, out.unchanged

@@ -542,6 +542,21 @@ mod api {
             "{v}"
         );
         assert_eq!(get("/v1/labels/00B00002").await.unwrap().status(), 404);
+        // Binding is privileged: the gateway's audit log names who did what.
+        let log = aisle_agent::audit::list(&t._dir.path().join("data")).unwrap();
+        let done: Vec<(&str, &str)> = log
+            .iter()
+            .filter(|e| e.action.starts_with("label"))
+            .map(|e| (e.actor.as_str(), e.action.as_str()))
+            .collect();
+        assert_eq!(
+            done,
+            vec![
+                ("staff:Ana", "label_bound"),
+                ("staff:Ana", "labels_imported"),
+                ("staff:Ana", "label_unbound")
+            ]
+        );
         t.agent.shutdown().await;
     }
 
@@ -837,6 +852,12 @@ async fn the_import_command_binds_a_file_or_names_every_bad_line() {
             .as_deref()
             .unwrap()
             .contains("labels.csv")
+    );
+    let log = aisle_agent::audit::list(&data).unwrap();
+    assert_eq!(log.len(), 1, "only the import that bound: {log:?}");
+    assert_eq!(
+        (log[0].actor.as_str(), log[0].action.as_str()),
+        ("technician", "labels_imported")
     );
     l.close().await;
     verify(&data).unwrap();

@@ -23,6 +23,20 @@ use crate::labels::{TagLive, scan_gtin, scan_label};
 use crate::ledger::labels::{panel_name, parse_panel};
 use crate::ledger::{BindLabel, BindProblem, BindRowError, LabelRecord, LabelRefusal, LabelStatus};
 
+/// Actions in the gateway's audit log (beside the ledger's own `label_bound`/`label_unbound`
+/// events, which also name who).
+pub const AUDIT_LABEL_BOUND: &str = "label_bound";
+pub const AUDIT_LABEL_UNBOUND: &str = "label_unbound";
+pub const AUDIT_LABELS_IMPORTED: &str = "labels_imported";
+
+/// Records a binding change in the gateway's audit log, off the async threads.
+async fn audit(st: &AppState, staff: &str, action: &'static str, subject: String) {
+    let log = st.audit.clone();
+    let actor = format!("staff:{staff}");
+    let at_ms = aisle_protocol::UtcMillis::now().0;
+    let _ = tokio::task::spawn_blocking(move || log.record(at_ms, &actor, action, &subject)).await;
+}
+
 /// Largest body of a single bind.
 pub const MAX_BIND_BODY_BYTES: usize = 16 * 1024;
 const DEFAULT_LIMIT: usize = 500;
@@ -230,6 +244,10 @@ pub(super) async fn bind(
     match st.ledger.bind_labels(vec![(0, row)]).await {
         Ok(out) => {
             tracing::info!(%label, %gtin, staff = %staff.staff, changed = out.bound > 0, "label bound");
+            if out.bound > 0 {
+                let subject = format!("{label} {gtin} shelf {}", body.shelf.trim());
+                audit(&st, &staff.staff, AUDIT_LABEL_BOUND, subject).await;
+            }
             match st.ledger.label(label).await {
                 Ok(Some(r)) => {
                     let mut v = json!(label_json(r, st.labels.live(label)));
@@ -263,6 +281,8 @@ pub(super) async fn unbind(
     {
         Ok(b) => {
             tracing::info!(%label, staff = %staff.staff, "label unbound");
+            let subject = format!("{label} {} shelf {}", b.gtin, b.shelf);
+            audit(&st, &staff.staff, AUDIT_LABEL_UNBOUND, subject).await;
             Json(json!({
                 "label": label.to_string(),
                 "gtin": b.gtin,
@@ -306,6 +326,8 @@ pub(super) async fn import(
     match st.ledger.bind_labels(rows).await {
         Ok(out) => {
             tracing::info!(rows = n, bound = out.bound, staff = %staff.staff, "labels imported");
+            let subject = format!("{n} rows, {} bound, {} unchanged", out.bound, out.unchanged);
+            audit(&st, &staff.staff, AUDIT_LABELS_IMPORTED, subject).await;
             Json(json!({ "rows": n, "bound": out.bound, "unchanged": out.unchanged }))
                 .into_response()
         }
