@@ -179,12 +179,11 @@ pub fn check_hub_url(text: &str) -> Result<String, EnrolError> {
 }
 
 fn io_error(what: &str, path: &Path, e: &std::io::Error) -> EnrolError {
-    let full = matches!(
-        e.raw_os_error(),
-        Some(libc_enospc) if libc_enospc == 28 || libc_enospc == 27 || libc_enospc == 122
-    ) || e.kind() == std::io::ErrorKind::StorageFull
-        || e.kind() == std::io::ErrorKind::FileTooLarge
-        || e.kind() == std::io::ErrorKind::QuotaExceeded;
+    use rustix::io::Errno;
+    // ENOSPC, EDQUOT, and EFBIG (a file size limit): the disk, for the technician.
+    let full = [Errno::NOSPC, Errno::DQUOT, Errno::FBIG]
+        .iter()
+        .any(|n| e.raw_os_error() == Some(n.raw_os_error()));
     if full {
         EnrolError::Disk(format!(
             "not enough disk space to write {what} in {}: free some space (or choose another \
