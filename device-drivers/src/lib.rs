@@ -10,7 +10,8 @@
 //! Self-checkout (issue 4): [`scanner`] (what a barcode scan means), [`scale`] (serial scale
 //! protocols), [`serial`] (line settings) and [`upos`] (the UnifiedPOS-style device model with
 //! a thread per port, unplug and replug), [`payment`] (the card terminal trait, its thread with
-//! timeouts and the `sale_ref` idempotency contract, the offline policy).
+//! timeouts and the `sale_ref` idempotency contract, the offline policy) and [`printer`] (ESC/POS
+//! receipts and the serial receipt printer).
 //!
 //! Gateway status hardware (issue 7): [`status_panel`] (status LED, buzzer and reset button over
 //! embedded-hal; the Raspberry Pi pins with the feature `rpi`).
@@ -21,6 +22,7 @@ pub mod esl;
 pub mod footfall;
 pub mod framing;
 pub mod payment;
+pub mod printer;
 pub mod scale;
 pub mod scanner;
 pub mod serial;
