@@ -10,6 +10,7 @@ pub mod footfall;
 pub mod harness;
 pub mod mqtt;
 pub mod pickup;
+pub mod printer_sim;
 pub mod proxy;
 pub mod scale_sim;
 pub mod scanner_sim;

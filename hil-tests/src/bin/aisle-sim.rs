@@ -11,6 +11,10 @@
 //! `aisle-sim scanner --suffix cr --aim` and `aisle-sim scale --protocol mt-sics` run a barcode
 //! scanner and a scale on pseudo-terminals (path printed first), scripted from `--script FILE`
 //! or stdin; see `aisle_hil::scanner_sim` and `aisle_hil::scale_sim` for the commands.
+//!
+//! `aisle-sim printer --encoding cp858` runs an ESC/POS receipt printer on a pseudo-terminal
+//! (path printed first) and prints every receipt it is sent, decoded to text; commands on stdin:
+//! `ready`, `near-end`, `paper-out`, `cover-open`, `off`, `unplug`, `plug`, `quit`.
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -52,6 +56,62 @@ enum Device {
     /// Script lines: `weight 1.250 kg`, `motion on|off`, `overload`, `underload`, `normal`,
     /// `silence on|off`, `garbage N`, `sleep MS`, `unplug`, `plug`, `quit`.
     Scale(ScaleArgs),
+    /// An ESC/POS receipt printer on a pseudo-terminal; prints the path to open, then each
+    /// receipt as text. Commands: `ready`, `near-end`, `paper-out`, `cover-open`, `off`,
+    /// `unplug`, `plug`, `quit`.
+    Printer(PrinterArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct PrinterArgs {
+    /// How the receipts' text is decoded: cp858 or gbk (as the lane's printer is configured).
+    #[arg(long, default_value = "cp858")]
+    encoding: String,
+    #[arg(long, value_name = "PATH")]
+    link: Option<PathBuf>,
+    #[arg(long, value_name = "FILE")]
+    script: Option<PathBuf>,
+}
+
+fn printer(args: PrinterArgs) -> Result<()> {
+    use aisle_drivers::printer::{TextEncoding, receipt_text};
+    use aisle_hil::printer_sim::{Command, Printed, PrinterSim};
+    let encoding = match args.encoding.as_str() {
+        "cp858" => TextEncoding::Cp858,
+        "gbk" => TextEncoding::Gbk,
+        other => bail!("--encoding {other:?}: cp858 or gbk"),
+    };
+    let (sim, receipts) = PrinterSim::start(args.link.clone())?;
+    println!("{}", sim.path());
+    println!("printer: ESC/POS, {}", args.encoding);
+    std::thread::spawn(move || {
+        for p in receipts {
+            match p {
+                Printed::Receipt(bytes) => {
+                    println!("--- receipt, {} bytes ---", bytes.len());
+                    println!("{}", receipt_text(&bytes, encoding));
+                }
+                Printed::Overlong(n) => eprintln!("error: {n} bytes without a cut dropped"),
+            }
+        }
+    });
+    for line in script_lines(args.script.as_ref())? {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        match line.parse::<Command>() {
+            Ok(Command::Quit) => return Ok(()),
+            Ok(c) => match sim.command(c) {
+                Ok(text) => println!("{text}"),
+                Err(e) => eprintln!("error: {e:#}"),
+            },
+            Err(e) => eprintln!("error: {e:#}"),
+        }
+    }
+    loop {
+        std::thread::park();
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -446,5 +506,6 @@ fn main() -> Result<()> {
         Device::Esl(e) => esl(e),
         Device::Scanner(s) => scanner(s),
         Device::Scale(s) => scale(s),
+        Device::Printer(p) => printer(p),
     }
 }
