@@ -862,3 +862,36 @@ async fn the_import_command_binds_a_file_or_names_every_bad_line() {
     l.close().await;
     verify(&data).unwrap();
 }
+
+/// A "not updated" reason is cut to what the hub takes (64 characters, no control characters).
+#[tokio::test]
+async fn a_long_not_updated_reason_is_cut_to_what_the_hub_takes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (l, _) = open(dir.path()).await;
+    l.stage_prices(vec![price(gtin(1), 1, 350, T0)])
+        .await
+        .unwrap();
+    l.bind_labels(vec![(0, bind(0xF1, gtin(1), "F1"))])
+        .await
+        .unwrap();
+    l.commit_label_updates(vec![LabelUpdate::NotUpdated {
+        label: LabelId(0xF1),
+        gtin: gtin(1),
+        version: 1,
+        batch_id: BatchId::parse("b-1").unwrap(),
+        reason: format!("line\nbreak {}", "x".repeat(300)),
+    }])
+    .await
+    .unwrap();
+    let n = l
+        .label(LabelId(0xF1))
+        .await
+        .unwrap()
+        .unwrap()
+        .not_updated
+        .unwrap();
+    assert_eq!(n.reason.chars().count(), 64, "{}", n.reason);
+    assert!(n.reason.starts_with("linebreak xxx") && n.reason.ends_with('…'));
+    l.close().await;
+    verify(dir.path()).unwrap();
+}

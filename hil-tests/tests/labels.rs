@@ -244,6 +244,8 @@ async fn an_hq_batch_reaches_every_label_and_a_dead_tag_is_reported_not_updated(
     let v = shop.label(dead).await;
     assert!(v["not_updated"].is_null(), "{v}");
 
+    // Every label event went up to the hub and was taken.
+    api.wait_drained(Duration::from_secs(20)).await.unwrap();
     let verified = store.agent.verify_ledger().unwrap();
     assert!(verified.contains("3 label bindings"), "{verified}");
     sim.shutdown();

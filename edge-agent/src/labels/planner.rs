@@ -527,8 +527,7 @@ impl LabelPlanner {
                 if let Some(plan) = self.plans.get_mut(&label)
                     && plan.pending()
                 {
-                    plan.last_error =
-                        Some("the access point gave up: the tag did not listen in time".into());
+                    plan.last_error = Some("tag did not listen in time".into());
                 }
             }
             ApEvent::Sent { label, outcome, .. } => {
@@ -593,12 +592,11 @@ impl LabelPlanner {
                 continue;
             };
             let Some(w) = &p.want else { continue };
+            // Short: the hub keeps at most 64 characters (the ledger cuts longer ones).
             let reason = match (&p.tag, &p.last_error) {
-                (None, Some(e)) => format!("the tag was never heard; {e}"),
-                (None, None) => "the tag was never heard".to_string(),
-                (Some(_), Some(e)) => {
-                    format!("no confirmation after {} tries; {e}", p.attempts)
-                }
+                (None, Some(e)) => format!("tag never heard; {e}"),
+                (None, None) => "tag never heard".to_string(),
+                (Some(_), Some(e)) => format!("no confirmation after {} tries; {e}", p.attempts),
                 (Some(_), None) => format!("no confirmation after {} tries", p.attempts),
             };
             p.not_updated_queued = true;

@@ -17,8 +17,8 @@ use super::LedgerError;
 use super::pickup::Append;
 use super::state::{self, StateError, StoredBody};
 
-/// Longest shelf position ("A3-12-4", "Aisle 7 / Bay 3 / Shelf 2").
-pub const MAX_SHELF_CHARS: usize = 64;
+/// Longest shelf position ("A3-12-4", "Aisle 7 / Bay 3 / Shelf 2"): what the hub takes.
+pub const MAX_SHELF_CHARS: usize = aisle_protocol::pickup::MAX_LABEL_CHARS;
 /// Most rows one bulk import takes (a large store has ~30,000 labels).
 pub const MAX_IMPORT_ROWS: usize = 100_000;
 
@@ -603,7 +603,16 @@ pub(crate) fn commit_updates(
                     out.ignored += 1;
                     continue;
                 }
-                let reason: String = reason.chars().take(200).collect();
+                // The hub takes a reason of at most MAX_LABEL_CHARS without control characters.
+                let max = aisle_protocol::pickup::MAX_LABEL_CHARS;
+                let mut reason: String = reason.chars().filter(|c| !c.is_control()).collect();
+                if reason.chars().count() > max {
+                    reason = reason.chars().take(max - 1).collect();
+                    reason.push('…');
+                }
+                if reason.trim().is_empty() {
+                    reason = "not confirmed".into();
+                }
                 append(StoredBody::plain(EventBody::LabelNotUpdated {
                     label,
                     gtin,
