@@ -122,7 +122,17 @@ impl TerminalThread {
             let mut m = self.memory();
             loop {
                 if let Some(first) = m.outcomes.get(sale_ref) {
-                    return first.clone();
+                    return match first {
+                        // The same key for another amount is a caller's bug: never the
+                        // approval of a different amount.
+                        Outcome::Approved(a) if a.amount != amount => Outcome::Declined {
+                            reason: format!(
+                                "sale {sale_ref} was already approved for {}, not {amount}",
+                                a.amount
+                            ),
+                        },
+                        first => first.clone(),
+                    };
                 }
                 if !m.in_flight.contains_key(sale_ref) {
                     // Never asked, or its answer charged nothing (unavailable): ask.
@@ -304,6 +314,10 @@ mod tests {
             TerminalThread::spawn(Forgetful(n.clone()), TerminalThreadConfig::default()).unwrap();
         let first = t.authorise(money(5), &r("s1"), LONG);
         assert_eq!(t.authorise(money(5), &r("s1"), LONG), first);
+        assert!(matches!(
+            t.authorise(money(6), &r("s1"), LONG),
+            Outcome::Declined { reason } if reason.contains("already approved for 0.05 CNY")
+        ));
         assert_eq!(*n.lock().unwrap(), 1);
     }
 
