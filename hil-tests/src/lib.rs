@@ -12,5 +12,6 @@ pub mod mqtt;
 pub mod pickup;
 pub mod printer_sim;
 pub mod proxy;
+pub mod pty;
 pub mod scale_sim;
 pub mod scanner_sim;

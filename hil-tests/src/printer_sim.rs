@@ -23,7 +23,6 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use serialport::{SerialPort, TTYPort};
 
 /// Longest receipt kept before a cut (bytes); a longer one is dropped and reported.
 pub const MAX_RECEIPT: usize = 1 << 20;
@@ -72,28 +71,10 @@ pub enum Printed {
     Overlong(usize),
 }
 
-struct Port {
-    master: TTYPort,
-    _slave: TTYPort,
-    name: String,
-}
+use crate::pty::SimPort as Port;
 
 fn open_pty(link: Option<&Path>) -> Result<Port> {
-    let (mut master, slave) = TTYPort::pair().context("open a pseudo-terminal")?;
-    master.set_timeout(Duration::from_millis(10))?;
-    let name = slave.name().ok_or_else(|| anyhow!("pty without a name"))?;
-    if let Some(link) = link {
-        let tmp = link.with_extension("new");
-        let _ = std::fs::remove_file(&tmp);
-        std::os::unix::fs::symlink(&name, &tmp)
-            .with_context(|| format!("link {}", tmp.display()))?;
-        std::fs::rename(&tmp, link).with_context(|| format!("link {}", link.display()))?;
-    }
-    Ok(Port {
-        master,
-        _slave: slave,
-        name,
-    })
+    crate::pty::open(link, Duration::from_millis(10))
 }
 
 struct Shared {

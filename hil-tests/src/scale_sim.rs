@@ -27,7 +27,6 @@ use aisle_drivers::scale::{ScaleProtocol, WeightUnit};
 use anyhow::{Context, Result, anyhow, bail};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serialport::{SerialPort, TTYPort};
 
 /// What to simulate.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -156,27 +155,10 @@ pub struct ScaleSimStats {
     pub answers: u64,
 }
 
-struct Port {
-    master: TTYPort,
-    _slave: TTYPort,
-    name: String,
-}
+use crate::pty::SimPort as Port;
 
 fn open_pty(link: Option<&Path>) -> Result<Port> {
-    let (mut master, slave) = TTYPort::pair().context("open a pseudo-terminal")?;
-    master.set_timeout(Duration::from_millis(10))?;
-    let name = slave.name().ok_or_else(|| anyhow!("pty without a name"))?;
-    if let Some(link) = link {
-        let tmp = link.with_extension("new");
-        let _ = std::fs::remove_file(&tmp);
-        std::os::unix::fs::symlink(&name, &tmp)?;
-        std::fs::rename(&tmp, link)?;
-    }
-    Ok(Port {
-        master,
-        _slave: slave,
-        name,
-    })
+    crate::pty::open(link, Duration::from_millis(10))
 }
 
 struct Inner {
