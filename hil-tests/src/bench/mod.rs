@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 pub mod auth_overhead;
 pub mod catch_up;
 pub mod esl_bytes;
+pub mod esl_store_relabel;
 pub mod footfall_ingest;
 pub mod ledger_append;
 pub mod reconnect;

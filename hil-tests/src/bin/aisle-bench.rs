@@ -17,13 +17,14 @@ const ALL: &[&str] = &[
     "redeem",
     "esl_bytes",
     "auth_overhead",
+    "esl_store_relabel",
 ];
 
 #[derive(Parser, Debug)]
 #[command(about = "Aisle benchmarks, each beside its baseline measured in the same run")]
 struct Args {
     /// Benchmarks to run (default: all): ledger_append, catch_up, agent_rss, reconnect,
-    /// footfall_ingest, redeem, esl_bytes, auth_overhead.
+    /// footfall_ingest, redeem, esl_bytes, auth_overhead, esl_store_relabel.
     names: Vec<String>,
     /// Where report.json and report.md go.
     #[arg(long, default_value = "target/bench")]
@@ -52,6 +53,9 @@ struct Args {
     /// Requests of each kind to each hub in auth_overhead.
     #[arg(long, default_value_t = 1_000)]
     auth_rounds: usize,
+    /// Bound shelf labels in esl_store_relabel.
+    #[arg(long, default_value_t = 30_000)]
+    labels: usize,
 }
 
 #[tokio::main]
@@ -87,6 +91,7 @@ async fn main() -> Result<()> {
                 r.rows.extend(pg.rows);
                 r
             }
+            "esl_store_relabel" => bench::esl_store_relabel::run(args.labels).await?,
             other => bail!("unknown benchmark {other}"),
         };
         results.insert(name.clone(), r);
