@@ -1,18 +1,21 @@
 //! `scripts/demo`: a whole virtual store on embedded defaults (hub on SQLite, one gateway agent,
 //! the store's WAN behind a switchable link, two simulated entrance cameras, click-and-collect
-//! with one staff member and HQ's order system as a webhook receiver), and `--smoke`, a scripted
-//! tour that checks each step.
-use std::path::PathBuf;
+//! with one staff member, HQ's order system as a webhook receiver, and a shelf of eight simulated
+//! electronic shelf labels behind a simulated access point), and `--smoke`, a scripted tour that
+//! checks each step.
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use aisle_hil::camera_sim::{
     CameraProfile, CameraSim, Command, DEFAULT_TOPIC_PREFIX, SimConfig, Transport, Vendor, now_ms,
 };
+use aisle_hil::esl_sim::{EslSim, EslSimConfig, png_path};
 use aisle_hil::footfall::{self, CameraEntry, FootfallSection, rfc3339};
 use aisle_hil::harness::{AgentProcess, AgentSetup, HQ_TOKEN, HubProcess, StoreApi, gtin};
 use aisle_hil::mqtt;
 use aisle_hil::pickup::{self, HqOrders, PickupCounter, WebhookReceiver};
 use aisle_hil::proxy::FaultProxy;
+use aisle_protocol::esl::LabelId;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use serde_json::json;
@@ -45,6 +48,22 @@ const STAFF: &str = "Ana";
 const STAFF_PIN: &str = "4711";
 /// HQ's webhook secret (`AISLE_WEBHOOK_SECRET` of the demo hub).
 const WEBHOOK_SECRET: &str = "demo-webhook-secret-change-me";
+/// The shelf: this many simulated labels at consecutive addresses from `FIRST_LABEL`, one per
+/// product of the catalogue.
+const SHELF_LABELS: usize = 8;
+const FIRST_LABEL: LabelId = LabelId(0x00D0_0001);
+/// The products on the demo shelf: name, the catalogue's price, and the price of the smoke
+/// tour's price change (minor units, CNY).
+const PRODUCTS: [(&str, i64, i64); SHELF_LABELS] = [
+    ("Oolong tea 250 g", 1_280, 1_190),
+    ("豆浆 1 L", 350, 299),
+    ("Jasmine rice 5 kg", 2_500, 2_290),
+    ("Soy sauce 500 ml", 990, 890),
+    ("Green tea 100 g", 4_580, 3_990),
+    ("Rice noodles 400 g", 650, 590),
+    ("Sesame oil 250 ml", 1_850, 1_690),
+    ("Dried shiitake 100 g", 2_980, 2_750),
+];
 
 struct Demo {
     hub: HubProcess,
@@ -60,6 +79,10 @@ struct Demo {
     topic_prefix: String,
     /// HQ's order system: receives the pickup webhooks.
     oms: WebhookReceiver,
+    /// The shelf labels' access point, on a pseudo-terminal the agent drives.
+    shelf: EslSim,
+    /// Where the simulator writes `<LABEL>.png`, each tag's screen after every refresh.
+    screens: PathBuf,
 }
 
 /// The two entrance cameras: nobody walks past unless told in the smoke tour; a steady trickle
@@ -127,6 +150,17 @@ async fn start(dir: &PathBuf, smoke: bool) -> Result<Demo> {
     section.silence_timeout_ms = 10_000;
     section.close_after_ms = Some(10_000);
     section.close_every_ms = 1_000;
+    // Tags check in every 200 ms (real ones: every few seconds to minutes) so the demo is quick;
+    // the radio runs at `aisle-sim labels`' 5 kB/s.
+    let screens = dir.join("labels");
+    std::fs::create_dir_all(&screens)?;
+    let shelf = EslSim::start(EslSimConfig {
+        checkin: Duration::from_millis(200),
+        radio_bytes_per_s: 5_000,
+        png_dir: Some(screens.clone()),
+        seed: now_ms() as u64,
+        ..EslSimConfig::new(FIRST_LABEL, SHELF_LABELS)
+    })?;
     let agent = AgentProcess::start(AgentSetup {
         store: STORE.into(),
         hub_url: proxy.url(),
@@ -134,9 +168,10 @@ async fn start(dir: &PathBuf, smoke: bool) -> Result<Demo> {
         data_dir: dir.join("gateway"),
         clock_offset_ms: 0,
         extra_config: format!(
-            "{}\n{}",
+            "{}\n{}\n[labels]\naccess_point = \"{}\"\nretry_base_ms = 400\nretry_cap_ms = 2000\n",
             section.toml(),
-            pickup::pickup_section(&[(STAFF, STAFF_PIN)])?
+            pickup::pickup_section(&[(STAFF, STAFF_PIN)])?,
+            shelf.path()
         ),
     })
     .await?;
@@ -159,6 +194,8 @@ async fn start(dir: &PathBuf, smoke: bool) -> Result<Demo> {
         broker,
         topic_prefix,
         oms,
+        shelf,
+        screens,
     })
 }
 
@@ -207,15 +244,200 @@ async fn stop_cameras(d: Demo, smoke: bool) -> Result<()> {
     Ok(())
 }
 
+/// A price batch for S001 of every product in `PRODUCTS`, priced by `price`.
+fn batch(price: impl Fn(usize) -> i64) -> serde_json::Value {
+    let prices: Vec<_> = PRODUCTS
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _, _))| {
+            let minor = price(i);
+            json!({
+                "gtin": gtin(i as u64 + 1),
+                "price": format!("{}.{:02}", minor / 100, minor % 100),
+                "currency": "CNY",
+                "name": name,
+            })
+        })
+        .collect();
+    json!({ "stores": [STORE], "prices": prices })
+}
+
+/// HQ's catalogue: the demo's eight products.
 fn catalogue() -> serde_json::Value {
-    json!({
-        "stores": [STORE],
-        "prices": [
-            {"gtin": gtin(1), "price": "12.80", "currency": "CNY", "name": "Oolong tea 250 g"},
-            {"gtin": gtin(2), "price": "3.50", "currency": "CNY", "name": "豆浆 1 L"},
-            {"gtin": gtin(3), "price": "25.00", "currency": "CNY", "name": "Jasmine rice 5 kg"}
-        ]
+    batch(|i| PRODUCTS[i].1)
+}
+
+/// The label on the shelf edge under product `i` (its GTIN is `gtin(i + 1)`).
+fn shelf_label(i: usize) -> LabelId {
+    LabelId(FIRST_LABEL.0 + i as u32)
+}
+
+fn shelf_position(i: usize) -> String {
+    format!("A1-{:02}", i + 1)
+}
+
+/// Once the store has the catalogue's prices, staff bind the shelf's labels to the products
+/// (`POST /v1/labels/import` with a signed-in staff session; a label can only be bound to a
+/// product the store has a price for).
+async fn bind_shelf(d: &Demo) -> Result<()> {
+    for (i, (_, minor, _)) in PRODUCTS.iter().enumerate() {
+        d.store
+            .wait_price(&gtin(i as u64 + 1), *minor, WAIT)
+            .await?;
+    }
+    let (status, session) = pickup::sign_in_raw(&d.agent.url(), STAFF_PIN).await?;
+    let token = match (status, session["token"].as_str()) {
+        (200, Some(t)) => t.to_string(),
+        _ => bail!("staff sign-in refused ({status}): {session}"),
+    };
+    let mut csv = String::from("label,gtin,shelf\n");
+    for i in 0..SHELF_LABELS {
+        csv += &format!(
+            "{},{},{}\n",
+            shelf_label(i),
+            gtin(i as u64 + 1),
+            shelf_position(i)
+        );
+    }
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/labels/import", d.agent.url()))
+        .bearer_auth(token)
+        .header("content-type", "text/csv")
+        .body(csv)
+        .send()
+        .await?;
+    let status = r.status();
+    let body: serde_json::Value = r.json().await?;
+    if !status.is_success() || body["bound"].as_u64() != Some(SHELF_LABELS as u64) {
+        bail!("the shelf's label import was refused ({status}): {body}");
+    }
+    Ok(())
+}
+
+/// `GET /v1/labels/{label}` at the agent.
+async fn label_state(d: &Demo, label: LabelId) -> Result<serde_json::Value> {
+    let r = reqwest::get(format!("{}/v1/labels/{label}", d.agent.url())).await?;
+    let status = r.status();
+    let body: serde_json::Value = r.json().await?;
+    if !status.is_success() {
+        bail!("GET /v1/labels/{label} failed ({status}): {body}");
+    }
+    Ok(body)
+}
+
+/// The agent's preview of `label`, decoded: width, height, pixels.
+async fn preview(d: &Demo, label: LabelId) -> Result<(u32, u32, Vec<u8>)> {
+    let r = reqwest::get(format!("{}/v1/labels/{label}/preview.png", d.agent.url())).await?;
+    if !r.status().is_success() {
+        bail!("GET /v1/labels/{label}/preview.png failed ({})", r.status());
+    }
+    pixels(&r.bytes().await?).with_context(|| format!("the preview of {label}"))
+}
+
+/// The tag's own screen, as the simulator last wrote it.
+fn screen(dir: &Path, label: LabelId) -> Result<(u32, u32, Vec<u8>)> {
+    let path = png_path(dir, label);
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    pixels(&bytes).with_context(|| format!("decoding {}", path.display()))
+}
+
+fn pixels(bytes: &[u8]) -> Result<(u32, u32, Vec<u8>)> {
+    let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    decoder.set_transformations(png::Transformations::EXPAND);
+    let mut reader = decoder.read_info()?;
+    let size = reader
+        .output_buffer_size()
+        .context("the PNG is too large to decode")?;
+    let mut buf = vec![0; size];
+    let info = reader.next_frame(&mut buf)?;
+    buf.truncate(info.buffer_size());
+    Ok((info.width, info.height, buf))
+}
+
+/// Waits until every shelf label confirmed the price the store wants it to show; with
+/// `batch`, that it is `batch`'s price `price(i)`.
+async fn wait_shelf(d: &Demo, batch: Option<(&str, &dyn Fn(usize) -> i64)>) -> Result<()> {
+    for i in 0..SHELF_LABELS {
+        let label = shelf_label(i);
+        poll(&format!("label {label} to confirm its price"), || async {
+            let v = label_state(d, label).await.ok()?;
+            let (wanted, confirmed) = (&v["wanted"], &v["confirmed"]);
+            let ok = v["status"] == "confirmed"
+                && wanted["version"].is_u64()
+                && wanted["version"] == confirmed["version"]
+                && wanted["price"] == confirmed["price"]
+                && batch.is_none_or(|(b, price)| {
+                    confirmed["batch_id"] == b && confirmed["price"]["minor"] == price(i)
+                });
+            ok.then_some(())
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// The shelf part of the tour: HQ changes every product's price; every label confirms the new
+/// price, HQ's batch report counts them confirmed, and each label's preview at the agent is its
+/// tag's screen pixel for pixel (and differs from before the change). Prints the time from the
+/// batch pushed to the last label confirmed.
+async fn shelf_tour(d: &Demo) -> Result<()> {
+    wait_shelf(d, None).await?;
+    ok(&format!(
+        "the shelf's {SHELF_LABELS} labels show the store's prices"
+    ));
+    let mut before = Vec::new();
+    for i in 0..SHELF_LABELS {
+        before.push(preview(d, shelf_label(i)).await?);
+    }
+    let pushing = Instant::now();
+    let batch = d.hq.post_batch(&batch(|i| PRODUCTS[i].2)).await?;
+    ok(&format!(
+        "HQ pushed price batch {batch}: new prices for the {SHELF_LABELS} products on the shelf"
+    ));
+    let new_price = |i: usize| PRODUCTS[i].2;
+    wait_shelf(d, Some((&batch, &new_price))).await?;
+    let to_shelf = pushing.elapsed();
+    ok(&format!(
+        "every label confirmed its new price ({} ms after HQ pushed the batch)",
+        to_shelf.as_millis()
+    ));
+    for (i, old) in before.iter().enumerate() {
+        let label = shelf_label(i);
+        let now = preview(d, label).await?;
+        if now.2 == old.2 {
+            bail!("the preview of {label} did not change with its price");
+        }
+        // The simulator writes the screen just after the tag's refresh; give it a moment.
+        aisle_hil::harness::wait_for(
+            &format!("{label}'s screen to equal its preview"),
+            Duration::from_secs(5),
+            || async { (screen(&d.screens, label).ok()? == now).then_some(()) },
+        )
+        .await?;
+    }
+    ok(&format!(
+        "each label's preview changed and is its tag's screen pixel for pixel ({})",
+        d.screens.display()
+    ));
+    aisle_hil::harness::wait_for("HQ to count the shelf's labels confirmed", WAIT, || async {
+        let p = d.hq.get(&format!("/v1/price-batches/{batch}")).await.ok()?;
+        let ours = p["labels"]
+            .as_array()?
+            .iter()
+            .find(|s| s["store"] == STORE)?;
+        let all = SHELF_LABELS as u64;
+        (ours["bound"].as_u64() == Some(all) && ours["confirmed"].as_u64() == Some(all))
+            .then_some(())
     })
+    .await?;
+    ok(&format!(
+        "HQ's batch report: {SHELF_LABELS} of {SHELF_LABELS} labels at S001 confirmed"
+    ));
+    println!(
+        "  shelf labels: price batch pushed at HQ → all {SHELF_LABELS} labels confirmed in {} ms",
+        to_shelf.as_millis()
+    );
+    Ok(())
 }
 
 fn ok(step: &str) {
@@ -372,10 +594,19 @@ async fn smoke(d: &mut Demo) -> Result<()> {
     ok("the store charges the new prices");
     aisle_hil::harness::wait_for("HQ to see the prices active at the store", WAIT, || async {
         let p = d.hq.get(&format!("/v1/price-batches/{batch}")).await.ok()?;
-        (p["stores"][0]["active"].as_u64() == Some(3)).then_some(())
+        (p["stores"][0]["active"].as_u64() == Some(PRODUCTS.len() as u64)).then_some(())
     })
     .await?;
-    ok("HQ sees 3 of 3 prices active at S001");
+    ok(&format!(
+        "HQ sees {0} of {0} prices active at S001",
+        PRODUCTS.len()
+    ));
+    bind_shelf(d).await?;
+    ok(&format!(
+        "{STAFF} bound {SHELF_LABELS} shelf labels to the products (labels {}..{})",
+        shelf_label(0),
+        shelf_label(SHELF_LABELS - 1)
+    ));
 
     d.proxy.link_down();
     ok("the store's WAN is down");
@@ -470,6 +701,7 @@ async fn smoke(d: &mut Demo) -> Result<()> {
         body.len()
     ));
     click_and_collect(d).await?;
+    shelf_tour(d).await?;
     d.agent.verify_ledger()?;
     ok("the gateway ledger verifies (hash chain and replayed state)");
     println!("smoke: all steps passed");
@@ -513,11 +745,14 @@ async fn main() -> Result<()> {
         stop_cameras(demo, true).await?;
         return result;
     }
-    demo.hq.post_batch(&catalogue()).await?;
     // One click-and-collect order waiting for staff, so the pickup page has something to show.
     let hq = HqOrders::new(&demo.hub.url());
     hq.stock_catalogue(&[STORE], &[gtin(2), gtin(3)], 24)
         .await?;
+    // The catalogue after the stocking (which prices its items at 3.50 as "Item <gtin>"), so
+    // the shelf labels show the catalogue's names and prices.
+    demo.hq.post_batch(&catalogue()).await?;
+    bind_shelf(&demo).await?;
     let placed = hq
         .place(&pickup::order(
             "web-demo-1",
@@ -551,6 +786,15 @@ async fn main() -> Result<()> {
          The shopper's QR text   {qr}\n  \
          The shopper's code      {code}\n  \
          curl -H 'authorization: Bearer {HQ_TOKEN}' {hub}/v1/orders/web-demo-1\n\n\
+         Shelf labels ({n} simulated tags {l0}..{ln} behind an access point on {pty}, bound to the\n\
+         catalogue's products; each tag's screen is written as a PNG after every refresh):\n  \
+         curl {agent}/v1/labels\n  \
+         curl {agent}/v1/labels/{l0}\n  \
+         curl {agent}/v1/labels/{l0}/preview.png > label.png\n  \
+         ls {screens}\n  \
+         Change a price at HQ and watch the tag's PNG change:\n  \
+         curl -X POST -H 'authorization: Bearer {HQ_TOKEN}' -H 'content-type: application/json' {hub}/v1/price-batches \\\n       \
+         -d '{{\"stores\":[\"S001\"],\"prices\":[{{\"gtin\":\"{g1}\",\"price\":\"9.90\",\"currency\":\"CNY\",\"name\":\"Oolong tea 250 g\"}}]}}'\n\n\
          Type camera commands here: north walk 5 | south walk 3 | north silence 30 | south reset |\n\
          north dup | south skew 60000\n\n\
          Press Ctrl-C to stop.",
@@ -563,6 +807,11 @@ async fn main() -> Result<()> {
         oms = demo.oms.url(),
         qr = placed["token"]["qr"].as_str().unwrap_or_default(),
         code = placed["token"]["code"].as_str().unwrap_or_default(),
+        n = SHELF_LABELS,
+        l0 = shelf_label(0),
+        ln = shelf_label(SHELF_LABELS - 1),
+        pty = demo.shelf.path(),
+        screens = demo.screens.display(),
     );
     let mut lines = stdin_lines();
     let mut stdin_open = true;
