@@ -359,7 +359,11 @@ fn pixels(bytes: &[u8]) -> Result<(u32, u32, Vec<u8>)> {
 async fn wait_shelf(d: &Demo, batch: Option<(&str, &dyn Fn(usize) -> i64)>) -> Result<()> {
     for i in 0..SHELF_LABELS {
         let label = shelf_label(i);
-        poll(&format!("label {label} to confirm its price"), || async {
+        let what = match batch {
+            Some((b, price)) => format!("label {label} to confirm {} from {b}", price(i)),
+            None => format!("label {label} to confirm its price"),
+        };
+        poll(&what, || async {
             let v = label_state(d, label).await.ok()?;
             let (wanted, confirmed) = (&v["wanted"], &v["confirmed"]);
             let ok = v["status"] == "confirmed"
