@@ -247,10 +247,11 @@ async fn devices_scan_names_each_scale_protocol_the_access_point_and_the_mqtt_de
     let (_silent_master, silent) = serialport::TTYPort::pair().unwrap();
     let silent_path = silent.name().unwrap();
 
-    // A camera publishes while the scan listens.
+    // A camera publishes for as long as the scan runs (the serial probes come first and take
+    // longer on a loaded machine); it is stopped when the scan is done.
     let (camera, _task) = device(&broker, None).await.unwrap();
     let publisher = tokio::spawn(async move {
-        for i in 0..40 {
+        for i in 0..600 {
             let _ = camera
                 .publish(topic.as_str(), QoS::AtMostOnce, false, format!("{i}"))
                 .await;

@@ -318,14 +318,17 @@ fn describe(e: &reqwest::Error) -> String {
     s
 }
 
+/// A clock offset in the largest unit that reads well, rounded to the nearest (a clock three
+/// days off measured a few milliseconds later still reads "3 days", not "2 days").
 fn human_duration(ms: i64) -> String {
-    let s = ms.unsigned_abs() / 1000;
+    let s = (ms.unsigned_abs() + 500) / 1000;
     let sign = if ms < 0 { "behind" } else { "ahead" };
+    let nearest = |unit: u64| (s + unit / 2) / unit;
     match s {
         0..=119 => format!("{s} s {sign}"),
-        120..=7199 => format!("{} min {sign}", s / 60),
-        7200..=172_799 => format!("{} h {sign}", s / 3600),
-        _ => format!("{} days {sign}", s / 86_400),
+        120..=7199 => format!("{} min {sign}", nearest(60)),
+        7200..=172_799 => format!("{} h {sign}", nearest(3600)),
+        _ => format!("{} days {sign}", nearest(86_400)),
     }
 }
 
@@ -803,6 +806,9 @@ mod tests {
         assert!(c.credential.is_empty());
         assert_eq!(c.gateway, Some(identity));
         assert_eq!(human_duration(-3 * 86_400_000), "3 days behind");
+        // Measured a moment after the offset was set: still three days.
+        assert_eq!(human_duration(-3 * 86_400_000 + 20), "3 days behind");
+        assert_eq!(human_duration(3 * 86_400_000 - 20), "3 days ahead");
         assert_eq!(human_duration(600_000), "10 min ahead");
     }
 }
