@@ -55,8 +55,10 @@ use serialport::{SerialPort, TTYPort};
 /// The firmware tag as simulated: two layer slots of 16 KiB, so 4.2" layers fit too.
 pub type SimTag = Tag<2, 16384>;
 
-/// Most tags one simulator runs.
-pub const MAX_TAGS: usize = 10_000;
+/// Most tags one simulator runs: a large store's shelf (the `esl_store_relabel` bench runs
+/// 30,000). Each simulated tag holds its two layer slots and its screen, about 42 KiB, so the
+/// largest simulator needs about 2 GiB.
+pub const MAX_TAGS: usize = 50_000;
 /// Commands remembered for repeats, and how far behind the newest a seq may be.
 const WINDOW: u16 = 64;
 /// Air time the access point listens for an answer after a frame the tag did not hear.

@@ -37,6 +37,9 @@ const TARGET_S: f64 = 3.0;
 const RADIO_BYTES_PER_S: f64 = 5_000.0;
 const FIRST: LabelId = LabelId(0x00E5_0001);
 const PANEL: Panel = Panel::Bw290;
+/// Tags that may wake (and be brought up to date) while the bench sets up; the frames they
+/// cost are in the reported frame count.
+const WOKEN_ALLOWANCE: usize = 50;
 
 fn gtin(i: usize) -> Result<Gtin> {
     Ok(Gtin::from_index(
@@ -159,7 +162,7 @@ async fn handed_over(agent: &AgentHandle, sim: &EslSim, n: u64, since: u64) -> R
     loop {
         let s = agent.labels().stats();
         let queued = sim.stats().queued.saturating_sub(since);
-        if s.pending >= n && s.unsent == 0 && queued >= n {
+        if s.pending + s.confirmed >= n && s.unsent == 0 && queued >= n {
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -194,10 +197,13 @@ pub async fn run(labels: usize) -> Result<BenchResult> {
     drop(baseline);
 
     // The store with labels.
+    // The simulated tags start blank (they do not hold the seeded content), and a tag that
+    // checks in blank gets its whole layer again; with a ten-day check-in next to none wakes
+    // during the run (each wakes first at a random point of its interval).
     let sim = EslSim::start(EslSimConfig {
-        checkin: Duration::from_secs(3_600),
+        checkin: Duration::from_secs(864_000),
         radio_bytes_per_s: 0,
-        expire_after: Duration::from_secs(3_600),
+        expire_after: Duration::from_secs(864_000),
         queue_limit: n + 1_024,
         heartbeat: None,
         ..EslSimConfig::new(FIRST, n)
@@ -213,7 +219,7 @@ pub async fn run(labels: usize) -> Result<BenchResult> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let s = agent.labels().stats();
-        if s.labels as usize == n && s.confirmed as usize == n && s.unsent == 0 {
+        if s.labels as usize == n && s.confirmed as usize + WOKEN_ALLOWANCE >= n && s.unsent == 0 {
             break;
         }
         if Instant::now() > deadline {
