@@ -401,7 +401,10 @@ fn unplugging_ends_what_was_in_flight_and_a_replugged_access_point_is_picked_up_
     let (_, c) = r.ap.command();
     assert!(matches!(c, Command::Send(_)));
 
-    // Unplug: the pseudo-terminal's access point end goes away.
+    // Unplug: the device's name goes first (as udev removes it), then the pseudo-terminal's
+    // access point end. Without the first step a parallel test could be given the same
+    // /dev/pts number and the driver would open it under the stale name (seen in CI).
+    std::fs::remove_file(&r.path).unwrap();
     drop(r.ap);
     let down = wait_for(&r.events, "link down outcome", |e| {
         matches!(e, ApEvent::Sent { .. })
