@@ -154,9 +154,7 @@ impl PendingNonce {
             NonceOutcome::Replayed => Err(ApiError::Replayed(format!(
                 "replayed: gateway {gateway} already sent a request with this nonce; sign each request with a fresh nonce"
             ))),
-            NonceOutcome::Revoked => Err(ApiError::Unauthorized(format!(
-                "gateway {gateway} was revoked; enrol it again"
-            ))),
+            NonceOutcome::Revoked => Err(revoked(&gateway)),
         }
     }
 }
@@ -169,24 +167,43 @@ async fn trust_gateway_header(state: &AppState, req: Request) -> Result<Request,
     let (mut parts, body) = req.into_parts();
     let gateway = GatewayId::parse(header(&parts, GATEWAY_HEADER)?)
         .map_err(|_| ApiError::Unauthorized(format!("{GATEWAY_HEADER} is not a gateway id")))?;
-    let store = match state.gateway_keys.get(&gateway) {
-        Some((store, _)) => store,
-        None => {
-            let key = state.storage.gateway_key(&gateway).await?.ok_or_else(|| {
-                ApiError::Unauthorized(format!("gateway {gateway} is not enrolled with a key"))
-            })?;
-            let public = parse_public_key_hex(&key.public_key).map_err(|_| ApiError::Internal)?;
-            state
-                .gateway_keys
-                .put(gateway.clone(), key.store.clone(), public);
-            key.store
-        }
-    };
+    let (store, _) = enrolled_key(state, &gateway).await?;
     parts.extensions.insert(SignedGateway(AuthenticatedGateway {
         gateway_id: gateway,
         store,
     }));
     Ok(Request::from_parts(parts, body))
+}
+
+fn revoked(gateway: &GatewayId) -> ApiError {
+    ApiError::Unauthorized(format!("gateway {gateway} was revoked; enrol it again"))
+}
+
+/// An enrolled gateway's store and public key: from this process's cache, else from the
+/// database (refused when unknown or already revoked there), then cached.
+async fn enrolled_key(
+    state: &AppState,
+    gateway: &GatewayId,
+) -> Result<(StoreId, VerifyingKey), ApiError> {
+    if let Some(known) = state.gateway_keys.get(gateway) {
+        return Ok(known);
+    }
+    let key = state.storage.gateway_key(gateway).await?.ok_or_else(|| {
+        ApiError::Unauthorized(format!(
+            "gateway {gateway} is not enrolled with a key; enrol it or use its credential"
+        ))
+    })?;
+    if key.revoked {
+        return Err(revoked(gateway));
+    }
+    let public = parse_public_key_hex(&key.public_key).map_err(|e| {
+        tracing::error!(%gateway, error = %e, "stored gateway key does not parse");
+        ApiError::Internal
+    })?;
+    state
+        .gateway_keys
+        .put(gateway.clone(), key.store.clone(), public);
+    Ok((key.store, public))
 }
 
 fn header<'a>(parts: &'a Parts, name: &'static str) -> Result<&'a str, ApiError> {
@@ -213,29 +230,7 @@ async fn check(state: &AppState, req: Request) -> Result<(Request, PendingNonce)
     let signature = header(&parts, SIGNATURE_HEADER)?.to_owned();
     let now = UtcMillis::now();
     check_clock(timestamp, now).map_err(|e| ApiError::ClockSkew(e.to_string()))?;
-    let revoked =
-        || ApiError::Unauthorized(format!("gateway {gateway} was revoked; enrol it again"));
-    let (store, public) = match state.gateway_keys.get(&gateway) {
-        Some(known) => known,
-        None => {
-            let key = state.storage.gateway_key(&gateway).await?.ok_or_else(|| {
-                ApiError::Unauthorized(format!(
-                    "gateway {gateway} is not enrolled with a key; enrol it or use its credential"
-                ))
-            })?;
-            if key.revoked {
-                return Err(revoked());
-            }
-            let public = parse_public_key_hex(&key.public_key).map_err(|e| {
-                tracing::error!(%gateway, error = %e, "stored gateway key does not parse");
-                ApiError::Internal
-            })?;
-            state
-                .gateway_keys
-                .put(gateway.clone(), key.store.clone(), public);
-            (key.store, public)
-        }
-    };
+    let (store, public) = enrolled_key(state, &gateway).await?;
     // The same bounds as the routes': uploads may be large, everything a gateway may call
     // besides takes a small body at most.
     let limit = if parts.uri.path() == path::EVENTS {
