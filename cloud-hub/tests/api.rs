@@ -136,6 +136,8 @@ fn sale_event(seq: u64, sale_id: &str, gtin: &str, qty: u32, unit: i64) -> Ledge
         unit_price: Money::new(unit, cny()),
         price_version: 1,
         line_total: Money::new(unit * i64::from(qty), cny()),
+        weight_g: None,
+        discount: None,
     };
     LedgerEvent {
         seq,
@@ -152,6 +154,7 @@ fn sale_event(seq: u64, sale_id: &str, gtin: &str, qty: u32, unit: i64) -> Ledge
             payment: Payment {
                 method: PaymentMethod::Mobile,
                 reference: Some("wx-1".into()),
+                offline: false,
             },
         }),
     }

@@ -88,6 +88,8 @@ fn sale(seq: u64, sale_id: &str, at: i64, lines: &[(u64, u32, i64)]) -> LedgerEv
             unit_price: Money::new(*unit, cny()),
             price_version: 1,
             line_total: Money::new(unit * i64::from(*qty), cny()),
+            weight_g: None,
+            discount: None,
         })
         .collect();
     let total = lines.iter().map(|l| l.line_total.minor).sum();
@@ -101,6 +103,7 @@ fn sale(seq: u64, sale_id: &str, at: i64, lines: &[(u64, u32, i64)]) -> LedgerEv
             payment: Payment {
                 method: PaymentMethod::Card,
                 reference: None,
+                offline: false,
             },
         }),
     )

@@ -166,6 +166,8 @@ fn sale(seq: u64, id: &str, at: i64) -> LedgerEvent {
         unit_price: Money::new(1280, cny),
         price_version: 1,
         line_total: Money::new(1280, cny),
+        weight_g: None,
+        discount: None,
     };
     event(
         seq,
@@ -177,6 +179,7 @@ fn sale(seq: u64, id: &str, at: i64) -> LedgerEvent {
             payment: Payment {
                 method: PaymentMethod::Card,
                 reference: None,
+                offline: false,
             },
         }),
     )

@@ -111,11 +111,14 @@ fn sale_event(seq: u64, sale: &str, g: &Gtin, qty: u32, unit: i64) -> LedgerEven
                 unit_price: Money::new(unit, cny),
                 price_version: 1,
                 line_total: Money::new(unit * i64::from(qty), cny),
+                weight_g: None,
+                discount: None,
             }],
             total: Money::new(unit * i64::from(qty), cny),
             payment: Payment {
                 method: PaymentMethod::Cash,
                 reference: None,
+                offline: false,
             },
         }),
     }

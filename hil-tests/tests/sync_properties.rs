@@ -32,11 +32,14 @@ fn sale_event(seq: u64, qty: u32) -> LedgerEvent {
                 unit_price: unit,
                 price_version: 1,
                 line_total: total,
+                weight_g: None,
+                discount: None,
             }],
             total,
             payment: Payment {
                 method: PaymentMethod::Cash,
                 reference: None,
+                offline: false,
             },
         }),
     }

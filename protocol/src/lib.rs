@@ -17,6 +17,7 @@ pub mod esl;
 pub mod gtin;
 pub mod hlc;
 pub mod ids;
+pub mod member;
 pub mod money;
 pub mod pickup;
 pub mod sync;

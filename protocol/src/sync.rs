@@ -287,10 +287,52 @@ pub struct SaleRecord {
 pub struct SaleLine {
     pub gtin: Gtin,
     pub qty: u32,
+    /// Per item; per kilogram when `weight_g` is set.
     pub unit_price: Money,
     /// The price version charged, for audit against the shelf.
     pub price_version: u64,
+    /// What the line costs: the gross (see [`SaleLine::gross`]) less `discount`.
     pub line_total: Money,
+    /// A weighed item: net grams (from the barcode or the scale); `qty` is then 1 and the gross
+    /// is `unit_price` per kg times the weight, rounded half up to the minor unit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_g: Option<u32>,
+    /// Taken off the gross (a member price); never more than the gross.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discount: Option<Money>,
+}
+
+/// Heaviest weighed line: 100 kg.
+pub const MAX_LINE_WEIGHT_G: u32 = 100_000;
+
+/// The price of `grams` at `per_kg` minor units per kilogram, rounded half up (None on overflow).
+pub fn weighed_price(per_kg: i64, grams: u32) -> Option<i64> {
+    let p = i128::from(per_kg).checked_mul(i128::from(grams))?;
+    i64::try_from((p + 500).div_euclid(1000)).ok()
+}
+
+impl SaleLine {
+    /// A counted line at `unit_price`, with no discount.
+    pub fn counted(gtin: Gtin, qty: u32, unit_price: Money, price_version: u64) -> Option<Self> {
+        let line_total = unit_price.checked_mul(i64::from(qty)).ok()?;
+        Some(SaleLine {
+            gtin,
+            qty,
+            unit_price,
+            price_version,
+            line_total,
+            weight_g: None,
+            discount: None,
+        })
+    }
+
+    /// What the line costs before any discount (None on overflow).
+    pub fn gross(&self) -> Option<i64> {
+        match self.weight_g {
+            None => self.unit_price.minor.checked_mul(i64::from(self.qty)),
+            Some(g) => weighed_price(self.unit_price.minor, g),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -299,6 +341,14 @@ pub struct Payment {
     pub method: PaymentMethod,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference: Option<String>,
+    /// Approved by the card terminal alone (store-and-forward), not yet by the acquirer: it
+    /// counts against the store's offline caps until the hub holds the sale.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub offline: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Payment {
@@ -336,8 +386,14 @@ pub enum SaleError {
     TooManyLines,
     #[error("line {line}: quantity must be 1 to {MAX_LINE_QTY}")]
     BadQty { line: usize },
-    #[error("line {line}: line total does not equal unit price times quantity")]
+    #[error(
+        "line {line}: line total does not equal unit price times quantity (or weight), less discount"
+    )]
     LineTotal { line: usize },
+    #[error("line {line}: a weighed line has quantity 1 and 1 g to {MAX_LINE_WEIGHT_G} g")]
+    BadWeight { line: usize },
+    #[error("line {line}: a discount must be between zero and the line's price")]
+    Discount { line: usize },
     #[error("sale total does not equal the sum of its lines")]
     Total,
     #[error("all lines of a sale must be in one currency")]
@@ -366,8 +422,21 @@ impl SaleRecord {
             {
                 return Err(SaleError::Currency);
             }
-            let expect = l.unit_price.minor.checked_mul(i64::from(l.qty));
-            if expect != Some(l.line_total.minor) {
+            if l.weight_g.is_some_and(|g| g == 0 || g > MAX_LINE_WEIGHT_G)
+                || (l.weight_g.is_some() && l.qty != 1)
+            {
+                return Err(SaleError::BadWeight { line });
+            }
+            let discount = match &l.discount {
+                None => 0,
+                Some(d) if d.currency != self.total.currency => return Err(SaleError::Currency),
+                Some(d) => d.minor,
+            };
+            let gross = l.gross().ok_or(SaleError::LineTotal { line })?;
+            if discount < 0 || discount > gross {
+                return Err(SaleError::Discount { line });
+            }
+            if gross.checked_sub(discount) != Some(l.line_total.minor) {
                 return Err(SaleError::LineTotal { line });
             }
             sum = sum
@@ -487,13 +556,54 @@ mod tests {
                 unit_price: Money::new(150, cny),
                 price_version: 2,
                 line_total: Money::new(450, cny),
+                weight_g: None,
+                discount: None,
             }],
             total: Money::new(450, cny),
             payment: Payment {
                 method: PaymentMethod::Card,
                 reference: None,
+                offline: false,
             },
         }
+    }
+
+    #[test]
+    fn weighed_and_discounted_lines_add_up() {
+        let cny = Currency::parse("CNY").unwrap();
+        // 1.234 kg at 12.99/kg = 16.02966, rounded half up to 16.03; 5 % member discount 0.80.
+        assert_eq!(weighed_price(1299, 1234), Some(1603));
+        assert_eq!(weighed_price(1000, 1), Some(1)); // 0.001 * 10.00 = 0.01
+        assert_eq!(weighed_price(999, 500), Some(500)); // 4.995 rounds up
+        let mut s = sale();
+        s.lines[0].qty = 1;
+        s.lines[0].unit_price = Money::new(1299, cny);
+        s.lines[0].weight_g = Some(1234);
+        s.lines[0].discount = Some(Money::new(80, cny));
+        s.lines[0].line_total = Money::new(1523, cny);
+        s.total = Money::new(1523, cny);
+        assert_eq!(s.validate(), Ok(()));
+        // The JSON keeps the new fields only when set, so old lines read the same.
+        let json = serde_json::to_string(&sale()).unwrap();
+        assert!(
+            !json.contains("weight_g") && !json.contains("discount") && !json.contains("offline")
+        );
+
+        let mut bad = s.clone();
+        bad.lines[0].line_total = Money::new(1603, cny);
+        assert_eq!(bad.validate(), Err(SaleError::LineTotal { line: 1 }));
+        let mut bad = s.clone();
+        bad.lines[0].qty = 2;
+        assert_eq!(bad.validate(), Err(SaleError::BadWeight { line: 1 }));
+        let mut bad = s.clone();
+        bad.lines[0].weight_g = Some(MAX_LINE_WEIGHT_G + 1);
+        assert_eq!(bad.validate(), Err(SaleError::BadWeight { line: 1 }));
+        let mut bad = s.clone();
+        bad.lines[0].discount = Some(Money::new(-1, cny));
+        assert_eq!(bad.validate(), Err(SaleError::Discount { line: 1 }));
+        let mut bad = s;
+        bad.lines[0].discount = Some(Money::new(1604, cny));
+        assert_eq!(bad.validate(), Err(SaleError::Discount { line: 1 }));
     }
 
     #[test]

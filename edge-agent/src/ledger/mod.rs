@@ -42,6 +42,7 @@ pub use pickup::{Collection, HistoryEntry, PickupAction, PickupRecord, PickupRef
 pub use pickup_state::{OrderLine, OrderStatus};
 pub use state::StagedPrice;
 pub use verify::{VerifyError, VerifyReport, verify};
+pub use writer::ChargePrice;
 
 /// The ledger database inside the data dir.
 pub const DB_FILE: &str = "ledger.db";
@@ -334,8 +335,52 @@ impl Ledger {
     /// Prices a sale from the active prices, decrements stock and commits it durably; answers
     /// after the commit. Idempotent by `sale_id`.
     pub async fn record_sale(&self, req: SaleRequest) -> Result<SaleReceipt, SaleRejection> {
-        self.send(|reply| writer::Command::Sale { req, reply })
-            .await?
+        self.send(|reply| writer::Command::Sale {
+            req: writer::SaleInput::Request(req),
+            reply,
+        })
+        .await?
+    }
+
+    /// Commits a sale a lane priced as the shopper scanned (see [`Ledger::charge_price`]):
+    /// durable when this returns. The same record again is answered as a replay.
+    pub async fn record_priced_sale(
+        &self,
+        record: SaleRecord,
+    ) -> Result<SaleReceipt, SaleRejection> {
+        self.send(|reply| writer::Command::Sale {
+            req: writer::SaleInput::Priced(record),
+            reply,
+        })
+        .await?
+    }
+
+    /// What a lane charges for `gtin` now: the active price, or the lower price a label bound
+    /// to it confirmed it shows (price integrity). Unknown or not yet priced GTINs are refused.
+    pub async fn charge_price(&self, gtin: Gtin) -> Result<ChargePrice, SaleRejection> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            inner
+                .readers
+                .with(|c| Ok(writer::charge_price(c, &gtin)))
+                .unwrap_or_else(|e| Err(SaleRejection::Ledger(e)))
+        })
+        .await
+        .map_err(|e| {
+            SaleRejection::Ledger(LedgerError::Invalid(format!(
+                "ledger read task failed: {e}"
+            )))
+        })?
+    }
+
+    /// Card payments taken offline (store-and-forward) in `currency` whose sales the hub does
+    /// not hold yet: what counts against the offline caps.
+    pub async fn offline_card_total(
+        &self,
+        currency: aisle_protocol::Currency,
+    ) -> Result<Money, LedgerError> {
+        self.read(move |c| reader::offline_card_total(c, currency))
+            .await
     }
 
     /// Stages prices as if they came from the changefeed, without moving the cursor (seeding,

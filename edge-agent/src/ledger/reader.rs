@@ -121,6 +121,21 @@ pub(crate) fn prices(c: &Connection, gtin: &Gtin) -> Result<Vec<PriceRow>, Ledge
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// Offline card payments in `currency` the hub does not hold yet (seq above acked_through).
+pub(crate) fn offline_card_total(
+    c: &Connection,
+    currency: aisle_protocol::Currency,
+) -> Result<Money, LedgerError> {
+    let minor: i64 = c
+        .prepare_cached(
+            "SELECT COALESCE(SUM(amount_minor), 0) FROM offline_payments
+             WHERE currency = ?1
+               AND seq > (SELECT acked_through FROM sync_state WHERE id = 1)",
+        )?
+        .query_row([currency.code()], |r| r.get(0))?;
+    Ok(Money::new(minor, currency))
+}
+
 pub(crate) fn stock(c: &Connection, gtin: &Gtin) -> Result<i64, LedgerError> {
     Ok(
         c.prepare_cached("SELECT on_hand FROM stock WHERE gtin = ?1")?

@@ -47,6 +47,15 @@ CREATE TABLE IF NOT EXISTS sales (
     currency    TEXT    NOT NULL
 ) WITHOUT ROWID;
 
+-- Card payments a terminal approved offline (store-and-forward), by sale: until the hub holds
+-- the sale (seq at or below the outbox's acked_through) they count against the offline caps.
+CREATE TABLE IF NOT EXISTS offline_payments (
+    sale_id      TEXT    PRIMARY KEY,
+    seq          INTEGER NOT NULL,
+    amount_minor INTEGER NOT NULL,
+    currency     TEXT    NOT NULL
+) WITHOUT ROWID;
+
 -- Hub stock adjustments already applied, so a changefeed replay never applies one twice.
 CREATE TABLE IF NOT EXISTS stock_adjustments (
     adjustment_id TEXT    PRIMARY KEY,

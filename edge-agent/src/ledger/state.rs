@@ -298,6 +298,18 @@ pub fn apply(
             for line in &rec.lines {
                 add_stock(conn, &line.gtin, -i64::from(line.qty))?;
             }
+            if rec.payment.offline {
+                conn.execute(
+                    "INSERT INTO offline_payments (sale_id, seq, amount_minor, currency)
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![
+                        rec.sale_id.as_str(),
+                        seq_i,
+                        rec.total.minor,
+                        rec.total.currency.code()
+                    ],
+                )?;
+            }
         }
         EventBody::StockAdjusted {
             adjustment_id,

@@ -82,6 +82,7 @@ const TABLES: &[(&str, &str)] = &[
     ("label_bindings", "label"),
     ("label_shown", "label"),
     ("label_not_updated", "label"),
+    ("offline_payments", "sale_id"),
 ];
 
 /// Verifies the ledger in `data_dir`. Safe while the agent runs (it reads one snapshot).

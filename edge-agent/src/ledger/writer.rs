@@ -36,9 +36,25 @@ const MAX_PRICE_MINOR: i64 = 1_000_000_000_000_000;
 
 type Reply<T, E = LedgerError> = oneshot::Sender<Result<T, E>>;
 
+/// A sale for the writer: a request it prices (`POST /v1/sales`), or a lane's record priced
+/// when the shopper scanned (what they saw and paid).
+pub(crate) enum SaleInput {
+    Request(SaleRequest),
+    Priced(SaleRecord),
+}
+
+impl SaleInput {
+    fn sale_id(&self) -> &aisle_protocol::SaleId {
+        match self {
+            SaleInput::Request(r) => &r.sale_id,
+            SaleInput::Priced(r) => &r.sale_id,
+        }
+    }
+}
+
 pub(crate) enum Command {
     Sale {
-        req: SaleRequest,
+        req: SaleInput,
         reply: Reply<SaleReceipt, SaleRejection>,
     },
     Changes {
@@ -543,7 +559,10 @@ fn run_group(
             // `write_sale` appends the event and its state; an error there may leave part of the
             // sale behind, so it aborts the whole group: every command in it gets the reason and
             // nothing is committed.
-            Command::Sale { req, reply } => match price_sale(&tx, &req) {
+            Command::Sale { req, reply } => match match &req {
+                SaleInput::Request(r) => price_sale(&tx, r),
+                SaleInput::Priced(rec) => check_lane_sale(&tx, rec),
+            } {
                 Ok(Priced::Replay(receipt)) => Done::Sale(reply, Ok(receipt)),
                 Ok(Priced::New(record)) => match write_sale(&tx, head, time, record) {
                     Ok(receipt) => Done::Sale(reply, Ok(receipt)),
@@ -571,7 +590,7 @@ fn run_group(
                 Err(SaleRejection::Ledger(e)) => {
                     tracing::error!(
                         error = %e,
-                        sale_id = %req.sale_id,
+                        sale_id = %req.sale_id(),
                         "sale failed reading the ledger; nothing of it was written"
                     );
                     Done::Sale(reply, Err(SaleRejection::Ledger(e)))
@@ -792,63 +811,22 @@ fn price_sale(conn: &Connection, req: &SaleRequest) -> Result<Priced, SaleReject
     }
     let mut lines = Vec::with_capacity(req.lines.len());
     let mut total: Option<Money> = None;
-    let mut price_of = conn
-        .prepare_cached(
-            "SELECT version, price_minor, currency FROM prices WHERE gtin = ?1 AND state = 'active'",
-        )
-        .map_err(LedgerError::from)?;
     for l in &req.lines {
-        let row: Option<(i64, i64, String)> = price_of
-            .query_row([l.gtin.as_str()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .optional()
-            .map_err(LedgerError::from)?;
-        let Some((version, minor, currency)) = row else {
-            let pending: bool = conn
-                .query_row(
-                    "SELECT EXISTS (SELECT 1 FROM prices WHERE gtin = ?1)",
-                    [l.gtin.as_str()],
-                    |r| r.get(0),
-                )
-                .map_err(LedgerError::from)?;
-            return Err(if pending {
-                SaleRejection::NotYetPriced(l.gtin)
-            } else {
-                SaleRejection::UnknownGtin(l.gtin)
-            });
-        };
-        let active = Money::new(
-            minor,
-            state::currency_sql(&currency).map_err(LedgerError::from)?,
-        );
-        let mut version = version;
-        // Price integrity: never more than a label bound to this product confirmed it shows
-        // (an older, lower price still on the shelf is what the shopper was promised).
-        let unit_price = match labels::shelf_price(conn, &l.gtin, active.currency)? {
-            Some((shelf, shelf_version)) if shelf.minor < active.minor => {
-                version = i64::try_from(shelf_version).unwrap_or(version);
-                shelf
-            }
-            _ => active,
-        };
-        let line_total = unit_price
-            .checked_mul(i64::from(l.qty))
-            .map_err(SaleRejection::Money)?;
+        let charged = charge_price(conn, &l.gtin)?;
+        let line = SaleLine::counted(l.gtin, l.qty, charged.unit_price, charged.version).ok_or(
+            SaleRejection::Money(aisle_protocol::ProtocolError::MoneyOverflow),
+        )?;
         total = Some(match total {
-            None => line_total,
-            Some(t) if t.currency != line_total.currency => {
+            None => line.line_total,
+            Some(t) if t.currency != line.line_total.currency => {
                 return Err(SaleRejection::MixedCurrency(l.gtin));
             }
-            Some(t) => t.checked_add(line_total).map_err(SaleRejection::Money)?,
+            Some(t) => t
+                .checked_add(line.line_total)
+                .map_err(SaleRejection::Money)?,
         });
-        lines.push(SaleLine {
-            gtin: l.gtin,
-            qty: l.qty,
-            unit_price,
-            price_version: u64::try_from(version).unwrap_or(0),
-            line_total,
-        });
+        lines.push(line);
     }
-    drop(price_of);
     let Some(total) = total else {
         return Err(SaleError::NoLines.into());
     };
@@ -860,6 +838,94 @@ fn price_sale(conn: &Connection, req: &SaleRequest) -> Result<Priced, SaleReject
     };
     record.validate()?;
     Ok(Priced::New(record))
+}
+
+/// What a lane charges for one GTIN now: its active price, or the lower price a label bound
+/// to it confirmed it shows (price integrity), with the version charged and the product name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChargePrice {
+    pub name: String,
+    pub unit_price: Money,
+    pub version: u64,
+    /// The label's (lower) price is charged, not the active one.
+    pub from_shelf: bool,
+}
+
+/// The price rule shared by `POST /v1/sales` and the lanes (see [`ChargePrice`]).
+pub(crate) fn charge_price(
+    conn: &Connection,
+    gtin: &aisle_protocol::Gtin,
+) -> Result<ChargePrice, SaleRejection> {
+    let row: Option<(i64, i64, String, String)> = conn
+        .prepare_cached(
+            "SELECT version, price_minor, currency, name FROM prices
+             WHERE gtin = ?1 AND state = 'active'",
+        )
+        .map_err(LedgerError::from)?
+        .query_row([gtin.as_str()], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .optional()
+        .map_err(LedgerError::from)?;
+    let Some((version, minor, currency, name)) = row else {
+        let pending: bool = conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM prices WHERE gtin = ?1)",
+                [gtin.as_str()],
+                |r| r.get(0),
+            )
+            .map_err(LedgerError::from)?;
+        return Err(if pending {
+            SaleRejection::NotYetPriced(*gtin)
+        } else {
+            SaleRejection::UnknownGtin(*gtin)
+        });
+    };
+    let active = Money::new(
+        minor,
+        state::currency_sql(&currency).map_err(LedgerError::from)?,
+    );
+    // Price integrity: never more than a label bound to this product confirmed it shows
+    // (an older, lower price still on the shelf is what the shopper was promised).
+    Ok(match labels::shelf_price(conn, gtin, active.currency)? {
+        Some((shelf, shelf_version)) if shelf.minor < active.minor => ChargePrice {
+            name,
+            unit_price: shelf,
+            version: shelf_version,
+            from_shelf: true,
+        },
+        _ => ChargePrice {
+            name,
+            unit_price: active,
+            version: u64::try_from(version).unwrap_or(0),
+            from_shelf: false,
+        },
+    })
+}
+
+/// The read phase of a lane's sale, already priced by the lane (what the shopper saw and paid):
+/// the same `sale_id` with the same record is a replay, with another record a conflict; every
+/// line's GTIN must be one the store prices and the record must add up.
+fn check_lane_sale(conn: &Connection, record: &SaleRecord) -> Result<Priced, SaleRejection> {
+    record.validate()?;
+    let existing: Option<i64> = conn
+        .prepare_cached("SELECT seq FROM sales WHERE sale_id = ?1")
+        .map_err(LedgerError::from)?
+        .query_row([record.sale_id.as_str()], |r| r.get(0))
+        .optional()
+        .map_err(LedgerError::from)?;
+    if let Some(seq) = existing {
+        let receipt = super::reader::sale_at(conn, seq)?;
+        return if &receipt.record == record {
+            Ok(Priced::Replay(receipt))
+        } else {
+            Err(SaleRejection::Conflict(record.sale_id.clone()))
+        };
+    }
+    for l in &record.lines {
+        charge_price(conn, &l.gtin)?;
+    }
+    Ok(Priced::New(record.clone()))
 }
 
 /// The write phase of a sale: appends its event and applies it. An error here may leave part of

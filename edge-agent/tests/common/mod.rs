@@ -39,6 +39,7 @@ pub fn sale(id: &str, lines: &[(Gtin, u32)]) -> SaleRequest {
         payment: Payment {
             method: PaymentMethod::Card,
             reference: None,
+            offline: false,
         },
     }
 }

@@ -121,6 +121,8 @@ fn sale_event(seq: u64, n: usize) -> Result<LedgerEvent> {
         unit_price: Money::new(199, cny),
         price_version: 1,
         line_total: Money::new(199, cny),
+        weight_g: None,
+        discount: None,
     };
     let now = UtcMillis::now();
     Ok(LedgerEvent {
@@ -138,6 +140,7 @@ fn sale_event(seq: u64, n: usize) -> Result<LedgerEvent> {
             payment: Payment {
                 method: PaymentMethod::Card,
                 reference: None,
+                offline: false,
             },
         }),
     })

@@ -51,6 +51,7 @@ pub fn sale(id: String, n: u64) -> Result<SaleRequest> {
         payment: Payment {
             method: PaymentMethod::Card,
             reference: None,
+            offline: false,
         },
     })
 }
