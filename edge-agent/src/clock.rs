@@ -121,6 +121,13 @@ pub fn rfc3339(t: UtcMillis) -> String {
         .unwrap_or_else(|| t.0.to_string())
 }
 
+/// The UTC calendar date of `t` (scan dates such as best-before are read against it).
+pub fn utc_date(t: UtcMillis) -> time::Date {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.0) * 1_000_000)
+        .map(|d| d.date())
+        .unwrap_or(time::Date::MIN)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,7 @@ const MAX_CONFIG_BYTES: u64 = 64 * 1024;
 const SECRET_HEX_DIGITS: usize = 64;
 
 /// Debug is written by hand so the credential's secret never reaches a log.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
     /// The store this gateway serves.
@@ -47,6 +47,10 @@ pub struct AgentConfig {
     /// still work; no access point is driven.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<crate::labels::LabelSettings>,
+    /// Self-checkout lanes (`[checkout]`, see [`crate::lane::CheckoutSettings`]). Kept as
+    /// written (so `enroll` rewrites it unchanged) and read by [`AgentConfig::checkout`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkout: Option<toml::Table>,
     /// An enrolled gateway's identity (`aisle-agent enroll` writes it). Exactly one of this and
     /// `credential` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -81,6 +85,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("footfall", &self.footfall)
             .field("pickup", &self.pickup)
             .field("labels", &self.labels)
+            .field("checkout", &self.checkout.is_some())
             .field("gateway", &self.gateway)
             .finish()
     }
@@ -490,7 +495,20 @@ impl AgentConfig {
     }
 
     /// Checks what serde cannot: URL scheme, credential shape, bounds.
+    /// The self-checkout lanes, checked (None without `[checkout]`).
+    pub fn checkout(&self) -> Result<Option<crate::lane::Checkout>, ConfigError> {
+        let Some(table) = &self.checkout else {
+            return Ok(None);
+        };
+        let settings: crate::lane::CheckoutSettings =
+            table.clone().try_into().map_err(|e: toml::de::Error| {
+                ConfigError::Invalid(format!("checkout: {}", e.message()))
+            })?;
+        settings.check().map(Some).map_err(ConfigError::Invalid)
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.checkout()?;
         let bad = |m: String| Err(ConfigError::Invalid(m));
         let url = self.hub_url.trim_end_matches('/');
         let https = url.starts_with("https://") && url.len() > "https://".len();

@@ -32,6 +32,7 @@ pub mod devices;
 pub mod doctor;
 pub mod footfall;
 pub mod labels;
+pub mod lane;
 pub mod ledger;
 pub mod metrics;
 pub mod pickup;
@@ -108,21 +109,51 @@ impl Agent {
             config.pickup.as_ref(),
             ledger.hub_time(),
         ));
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let audit = Arc::new(audit::AuditLog::new(&config.data_dir));
+        let (lanes, lane_tasks) = match config.checkout()? {
+            None => (Arc::new(lane::LanesShared::default()), Vec::new()),
+            Some(checkout) => {
+                let started = lane::start(
+                    checkout,
+                    lane::StartContext {
+                        store: config.store.clone(),
+                        ledger: ledger.clone(),
+                        staff: pickup.staff.clone(),
+                        audit: audit.clone(),
+                        hub_time: ledger.hub_time(),
+                        data_dir: config.data_dir.clone(),
+                        listen: local_addr,
+                    },
+                    &shutdown_rx,
+                );
+                match started {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = shutdown_tx.send(true);
+                        ledger.close().await;
+                        return Err(ConfigError::Invalid(e).into());
+                    }
+                }
+            }
+        };
         let mut metrics = metrics::AgentMetrics::new(&ledger, &shared, &footfall, &pickup);
         metrics.register_labels(&labels.metrics);
+        metrics.register_lanes(&lanes.metrics);
         let metrics = Arc::new(metrics);
-        let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let footfall_tasks =
             match start_footfall(&config, &ledger, &footfall, footfall_rx, &shutdown_rx).await {
                 Ok(t) => t,
                 Err(e) => {
+                    let _ = shutdown_tx.send(true);
                     ledger.close().await;
                     return Err(e);
                 }
             };
 
         let app = api::router(api::AppState {
-            audit: Arc::new(audit::AuditLog::new(&config.data_dir)),
+            lanes: lanes.clone(),
+            audit,
             store: config.store.clone(),
             ledger: ledger.clone(),
             sync: shared.clone(),
@@ -145,6 +176,7 @@ impl Agent {
             }
         })];
         tasks.extend(footfall_tasks);
+        tasks.extend(lane_tasks);
         tasks.push(activator::spawn(ledger.clone(), shutdown_rx.clone()));
         tasks.push(pickup::sweeper::spawn(ledger.clone(), shutdown_rx.clone()));
         if let Some(settings) = &config.labels {

@@ -100,6 +100,11 @@ impl AgentMetrics {
         labels.register(&mut self.footfall);
     }
 
+    /// Self-checkout lanes' metrics (`aisle_lane_*`).
+    pub fn register_lanes(&mut self, lanes: &crate::lane::LaneMetrics) {
+        lanes.register(&mut self.footfall);
+    }
+
     /// Prometheus text exposition, with gauges refreshed from the ledger's committed view.
     pub fn render(&self, ledger: &Ledger) -> Result<String, std::fmt::Error> {
         let v = ledger.view();

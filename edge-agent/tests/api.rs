@@ -44,6 +44,7 @@ async fn start() -> TestAgent {
         },
         clock: ClockConfig::default(),
         labels: None,
+        checkout: None,
         footfall: None,
         pickup: None,
     };

@@ -80,6 +80,7 @@ impl Store {
             },
             clock: ClockConfig::default(),
             labels: None,
+            checkout: None,
             footfall: Some(FootfallSettings {
                 mqtt: Some("127.0.0.1:1883".into()),
                 topic_prefix: prefix.clone(),

@@ -64,6 +64,7 @@ fn config(dir: &Path) -> AgentConfig {
         },
         clock: ClockConfig::default(),
         labels: None,
+        checkout: None,
         footfall: None,
         pickup: Some(PickupSettings {
             staff: vec![

@@ -251,6 +251,7 @@ async fn start_store() -> Store {
         },
         clock: ClockConfig::default(),
         labels: None,
+        checkout: None,
         footfall: None,
         pickup: Some(PickupSettings {
             staff: vec![StaffConfig {

@@ -324,6 +324,7 @@ async fn agent_syncs_with_a_hub_that_speaks_the_protocol() {
         },
         clock: ClockConfig::default(),
         labels: None,
+        checkout: None,
         footfall: None,
         pickup: None,
     };
@@ -498,6 +499,7 @@ fn quick_config(url: String, dir: &std::path::Path, upload_batch: usize) -> Agen
         },
         clock: ClockConfig::default(),
         labels: None,
+        checkout: None,
         footfall: None,
         pickup: None,
     }

@@ -23,6 +23,7 @@ use crate::sync::SyncShared;
 
 mod cameras;
 mod labels;
+mod lanes;
 mod pickup_page;
 mod pickups;
 mod prices;
@@ -48,6 +49,8 @@ pub struct AppState {
     pub footfall: Arc<FootfallShared>,
     pub pickup: Arc<PickupShared>,
     pub labels: Arc<LabelsShared>,
+    /// Self-checkout lanes (none without `[checkout]`).
+    pub lanes: Arc<crate::lane::LanesShared>,
     /// The gateway's audit log (staff sign-ins, refused PINs).
     pub audit: Arc<crate::audit::AuditLog>,
 }
@@ -88,6 +91,10 @@ pub enum Endpoint {
     LabelList,
     LabelPreview,
     LabelUnbind,
+    LanePage,
+    LaneList,
+    LaneSocket,
+    LaneTerminal,
     Metrics,
     OpenApi,
     PickupGet,
@@ -97,6 +104,8 @@ pub enum Endpoint {
     PickupReady,
     PickupRedeem,
     Price,
+    ReceiptJson,
+    ReceiptPage,
     Sales,
     StaffSignIn,
     StaffSignOut,
@@ -157,6 +166,36 @@ pub const ROUTES: &[Route] = &[
         method: HttpMethod::Get,
         path: "/v1/labels/{id}/preview.png",
         endpoint: Endpoint::LabelPreview,
+    },
+    Route {
+        method: HttpMethod::Get,
+        path: "/lane/{lane}",
+        endpoint: Endpoint::LanePage,
+    },
+    Route {
+        method: HttpMethod::Get,
+        path: "/v1/lanes",
+        endpoint: Endpoint::LaneList,
+    },
+    Route {
+        method: HttpMethod::Get,
+        path: "/v1/lanes/{lane}/ws",
+        endpoint: Endpoint::LaneSocket,
+    },
+    Route {
+        method: HttpMethod::Post,
+        path: "/v1/lanes/{lane}/terminal",
+        endpoint: Endpoint::LaneTerminal,
+    },
+    Route {
+        method: HttpMethod::Get,
+        path: "/receipts/{sale_id}",
+        endpoint: Endpoint::ReceiptPage,
+    },
+    Route {
+        method: HttpMethod::Get,
+        path: "/v1/receipts/{sale_id}",
+        endpoint: Endpoint::ReceiptJson,
     },
     Route {
         method: HttpMethod::Get,
@@ -244,6 +283,12 @@ fn handler(route: &Route, state: &AppState) -> MethodRouter<AppState> {
         Endpoint::LabelGet => on(f, labels::get_label),
         Endpoint::LabelUnbind => on(f, labels::unbind),
         Endpoint::LabelPreview => on(f, labels::preview),
+        Endpoint::LanePage => on(f, lanes::page),
+        Endpoint::LaneList => on(f, lanes::list),
+        Endpoint::LaneSocket => on(f, lanes::ws),
+        Endpoint::LaneTerminal => on(f, lanes::terminal),
+        Endpoint::ReceiptPage => on(f, lanes::receipt_page),
+        Endpoint::ReceiptJson => on(f, lanes::receipt_json),
         Endpoint::Metrics => on(f, status::metrics),
         Endpoint::OpenApi => on(f, status::openapi),
         Endpoint::PickupPage => on(f, pickup_page::page),
