@@ -134,9 +134,22 @@ pub async fn run(config: &AgentConfig, clock: Arc<dyn WallClock>) -> Report {
     Report::new(checks)
 }
 
+/// The checks that only look at this gateway (identity, disk), cheap enough to repeat every
+/// few seconds: the status panel raises its alarm on any FAIL among them.
+pub fn local_checks(config: &AgentConfig) -> Vec<Check> {
+    vec![identity(config), disk(&config.data_dir)]
+}
+
 fn identity(config: &AgentConfig) -> Check {
     const NAME: &str = "gateway identity";
     match &config.gateway {
+        None if !config.is_enrolled() => fail(
+            NAME,
+            "not enrolled: no [gateway] section and no credential, so nothing is synced with \
+             the hub",
+            "enrol this gateway with a code from HQ: aisle-agent enroll --hub URL --code CODE \
+             --data DIR, then restart the agent",
+        ),
         None => pass(
             NAME,
             "bearer credential from `aisle-hub gateway add` (not enrolled with a key)",

@@ -27,6 +27,7 @@ mod pickup_page;
 mod pickups;
 mod prices;
 mod sales;
+pub mod setup;
 pub mod staff;
 mod status;
 
@@ -50,6 +51,8 @@ pub struct AppState {
     pub labels: Arc<LabelsShared>,
     /// The gateway's audit log (staff sign-ins, refused PINs).
     pub audit: Arc<crate::audit::AuditLog>,
+    /// The setup page's configuration, clock and status panel.
+    pub setup: Arc<setup::SetupContext>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,6 +101,10 @@ pub enum Endpoint {
     PickupRedeem,
     Price,
     Sales,
+    SetupChecklist,
+    SetupDevices,
+    SetupPage,
+    SetupSignIn,
     StaffSignIn,
     StaffSignOut,
     SyncStatus,
@@ -209,6 +216,26 @@ pub const ROUTES: &[Route] = &[
         endpoint: Endpoint::Sales,
     },
     Route {
+        method: HttpMethod::Get,
+        path: "/setup",
+        endpoint: Endpoint::SetupPage,
+    },
+    Route {
+        method: HttpMethod::Post,
+        path: "/v1/setup/sign-in",
+        endpoint: Endpoint::SetupSignIn,
+    },
+    Route {
+        method: HttpMethod::Get,
+        path: "/v1/setup/checklist",
+        endpoint: Endpoint::SetupChecklist,
+    },
+    Route {
+        method: HttpMethod::Get,
+        path: "/v1/setup/devices",
+        endpoint: Endpoint::SetupDevices,
+    },
+    Route {
         method: HttpMethod::Post,
         path: "/v1/staff/sign-in",
         endpoint: Endpoint::StaffSignIn,
@@ -263,6 +290,12 @@ fn handler(route: &Route, state: &AppState) -> MethodRouter<AppState> {
             on(f, staff::sign_in).layer(DefaultBodyLimit::max(MAX_PICKUP_BODY_BYTES))
         }
         Endpoint::StaffSignOut => on(f, staff::sign_out),
+        Endpoint::SetupPage => on(f, setup::page),
+        Endpoint::SetupSignIn => {
+            on(f, setup::sign_in).layer(DefaultBodyLimit::max(MAX_PICKUP_BODY_BYTES))
+        }
+        Endpoint::SetupChecklist => on(f, setup::checklist),
+        Endpoint::SetupDevices => on(f, setup::devices),
         Endpoint::Price => on(f, prices::get_price),
         Endpoint::Sales => on(f, sales::create_sale),
         Endpoint::SyncStatus => on(f, status::sync_status),
