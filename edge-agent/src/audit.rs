@@ -40,7 +40,8 @@ pub struct AuditEntry {
     pub seq: u64,
     /// Unix milliseconds (the gateway's clock).
     pub at_ms: i64,
-    /// `technician`, `staff:<name>`, `device:<address>`.
+    /// `technician`, `technician:<name>` (signed in with a PIN), `staff:<name>`,
+    /// `device:<address>`.
     pub actor: String,
     pub action: String,
     pub subject: String,

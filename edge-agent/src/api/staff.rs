@@ -369,3 +369,30 @@ async fn audit(st: &AppState, actor: String, action: &'static str, subject: Stri
     let at_ms = aisle_protocol::UtcMillis::now().0;
     let _ = tokio::task::spawn_blocking(move || log.record(at_ms, &actor, action, &subject)).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_manager_may_approve_what_managers_approve() {
+        let session = |role| StaffSession {
+            staff: "Max".into(),
+            role,
+            token: String::new(),
+        };
+        assert!(session(StaffRole::Manager).is_manager());
+        assert!(!session(StaffRole::Staff).is_manager());
+        assert!(!session(StaffRole::Technician).is_manager());
+    }
+
+    #[test]
+    fn each_page_admits_its_own_roles() {
+        for role in [StaffRole::Staff, StaffRole::Manager] {
+            assert!(SignInFor::Staff.admits(role));
+            assert!(!SignInFor::Setup.admits(role));
+        }
+        assert!(!SignInFor::Staff.admits(StaffRole::Technician));
+        assert!(SignInFor::Setup.admits(StaffRole::Technician));
+    }
+}
