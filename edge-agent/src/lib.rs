@@ -190,9 +190,13 @@ impl Agent {
             tasks.push(status_panel::spawn_feeder(
                 panel,
                 view.clone(),
-                config.clone(),
-                shared.clone(),
-                ledger.clone(),
+                status_panel::FeederInputs {
+                    config: config.clone(),
+                    sync: shared.clone(),
+                    ledger: ledger.clone(),
+                    footfall: footfall.clone(),
+                    labels: labels.clone(),
+                },
                 shutdown_rx.clone(),
             ));
         }

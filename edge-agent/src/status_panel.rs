@@ -7,8 +7,10 @@
 //! pins, so it is tested with plain in-memory pins on any Linux.
 //!
 //! * [`AgentConditions`] → `GatewayConditions` → one `GatewayState`: not enrolled (no
-//!   `[gateway]` and no credential), hub link down (sync status), alarm (the clock-skew alarm
-//!   or a FAIL among [`crate::doctor::local_checks`]), reset requested (held at boot).
+//!   `[gateway]` and no credential), hub link down (sync status), alarm (the clock-skew alarm,
+//!   a FAIL among [`crate::doctor::local_checks`], or a configured device down once the agent
+//!   has run for [`DEVICE_GRACE`]: a silent camera, the MQTT broker, the label access point),
+//!   reset requested (held at boot).
 //! * [`boot`]: reads the reset button, sets the enrolment aside when it is held
 //!   ([`set_aside_enrolment`]), and starts the panel's thread.
 //! * [`spawn_feeder`]: the agent's task that looks at the agent every [`LOOK_EVERY`] and shows
@@ -30,6 +32,8 @@ use tokio::task::JoinHandle;
 
 use crate::config::AgentConfig;
 use crate::doctor::Verdict;
+use crate::footfall::FootfallShared;
+use crate::labels::LabelsShared;
 use crate::ledger::Ledger;
 use crate::provisioning::files::{StagedFile, sync_dir};
 use crate::provisioning::key::KEY_FILE_NAME;
@@ -39,6 +43,9 @@ use crate::sync::{Link, SyncShared};
 pub const LOOK_EVERY: Duration = Duration::from_secs(1);
 /// How often the local self-checks (identity, disk) run for the alarm.
 pub const CHECK_EVERY: Duration = Duration::from_secs(30);
+/// Devices get this long after the agent starts to report before one that has not counts as
+/// down (a camera is silent until its first message; the default silence timeout is 2 min).
+pub const DEVICE_GRACE: Duration = Duration::from_secs(120);
 
 /// What the agent knows about itself, before it is reduced to the one state the panel shows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -53,17 +60,19 @@ pub struct AgentConditions {
     pub clock_alarm: bool,
     /// Local self-checks that FAIL (as `aisle-agent doctor` words them).
     pub failing_checks: usize,
+    /// Configured devices not working (cameras offline, broker or access point down).
+    pub devices_down: usize,
 }
 
 impl AgentConditions {
-    /// The driver's conditions: an alarm is the clock alarm or any failing check. The agent
+    /// The driver's conditions: an alarm is the clock alarm, any failing check or a device down. The agent
     /// never enrols itself (`aisle-agent enroll` is its own process), so `enrolling` is false.
     pub fn gateway(&self) -> GatewayConditions {
         GatewayConditions {
             reset_requested: self.reset_requested,
             enrolling: false,
             enrolled: self.enrolled,
-            alarm: self.clock_alarm || self.failing_checks > 0,
+            alarm: self.clock_alarm || self.failing_checks > 0 || self.devices_down > 0,
             hub_reachable: self.link_up,
         }
     }
@@ -414,12 +423,37 @@ pub fn open_hardware(
 /// The agent's task that shows its state on the panel: every [`LOOK_EVERY`] it reads the sync
 /// status (link, clock alarm), every [`CHECK_EVERY`] it runs the local self-checks (off the
 /// async threads). On shutdown the panel goes dark (its thread joins off the runtime).
+pub(crate) struct FeederInputs {
+    pub config: AgentConfig,
+    pub sync: Arc<SyncShared>,
+    pub ledger: Ledger,
+    pub footfall: Arc<FootfallShared>,
+    pub labels: Arc<LabelsShared>,
+}
+
+/// Configured devices not working now: cameras offline, the broker down, the label access point
+/// not connected.
+fn devices_down(i: &FeederInputs) -> usize {
+    let cameras = i.footfall.view();
+    let mut down = cameras.cameras.iter().filter(|c| !c.online).count();
+    if cameras.mqtt == "down" {
+        down += 1;
+    }
+    let access_point = i
+        .config
+        .labels
+        .as_ref()
+        .is_some_and(|l| l.access_point.is_some());
+    if access_point && !i.labels.link().is_some_and(|l| l.is_connected()) {
+        down += 1;
+    }
+    down
+}
+
 pub(crate) fn spawn_feeder(
     panel: AgentPanel,
     view: Arc<PanelView>,
-    config: AgentConfig,
-    sync: Arc<SyncShared>,
-    ledger: Ledger,
+    inputs: FeederInputs,
     mut shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -427,7 +461,14 @@ pub(crate) fn spawn_feeder(
             handle,
             reset_requested,
         } = panel;
+        let FeederInputs {
+            config,
+            sync,
+            ledger,
+            ..
+        } = &inputs;
         let enrolled = config.is_enrolled();
+        let started = Instant::now();
         let mut failing = 0;
         let mut checked: Option<Instant> = None;
         loop {
@@ -443,13 +484,18 @@ pub(crate) fn spawn_feeder(
                 .unwrap_or(0);
                 checked = Some(Instant::now());
             }
-            let status = sync.status(&ledger);
+            let status = sync.status(ledger);
             let conditions = AgentConditions {
                 reset_requested,
                 enrolled,
                 link_up: status.link == Link::Up,
                 clock_alarm: status.clock_alarm,
                 failing_checks: failing,
+                devices_down: if started.elapsed() >= DEVICE_GRACE {
+                    devices_down(&inputs)
+                } else {
+                    0
+                },
             };
             let state = conditions.state();
             handle.show(state);
@@ -515,6 +561,11 @@ mod tests {
         assert_eq!(reset.state(), GatewayState::ResetRequested);
         assert!(!reset.gateway().enrolling);
         assert!(skew.gateway().alarm && failing.gateway().alarm && !offline.gateway().alarm);
+        let camera_down = AgentConditions {
+            devices_down: 1,
+            ..base
+        };
+        assert_eq!(camera_down.state(), GatewayState::Alarm);
     }
 
     // ---- in-memory GPIO: test doubles of pins that cannot exist on this machine ----------

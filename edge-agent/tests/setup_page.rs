@@ -24,6 +24,7 @@ use aisle_agent::config::{
     StaffConfig, StaffRole, SyncConfig,
 };
 use aisle_agent::doctor::Verdict;
+use aisle_agent::labels::LabelSettings;
 use aisle_agent::{Agent, AgentHandle};
 use anyhow::{Context, ensure};
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -38,6 +39,7 @@ const STAFF_PIN: &str = "2468";
 const MANAGER: &str = "Max";
 const MANAGER_PIN: &str = "1357";
 const CAMERA: &str = "door-1";
+const ACCESS_POINT: &str = "/dev/serial/by-id/usb-aisle-ap-unplugged";
 /// How long the page gets to show something (the self-check asks the hub, which is down).
 const UI_WAIT: Duration = Duration::from_secs(15);
 
@@ -85,7 +87,11 @@ async fn start_gateway() -> Gateway {
             skew_alarm_ms: 5_000,
         },
         clock: ClockConfig::default(),
-        labels: None,
+        // An access point whose cable is not plugged in.
+        labels: Some(LabelSettings {
+            access_point: Some(ACCESS_POINT.into()),
+            ..LabelSettings::default()
+        }),
         footfall: Some(FootfallSettings {
             cameras: vec![CameraConfig {
                 id: CAMERA.into(),
@@ -281,6 +287,15 @@ async fn only_a_technician_session_opens_the_setup_data() {
             .iter()
             .any(|c| c.name == "ledger" && c.verdict == Verdict::Pass)
     );
+    // The access point is judged by the agent's driver (it holds the port), with doctor's fix.
+    let ap = checklist["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == format!("label access point {ACCESS_POINT}"))
+        .unwrap();
+    assert_eq!(ap["verdict"], "FAIL", "{ap}");
+    assert!(ap["fix"].as_str().unwrap().contains("dialout"), "{ap}");
 
     // The cookie alone works too (what the page would send on a reload).
     let r = g
@@ -300,6 +315,12 @@ async fn only_a_technician_session_opens_the_setup_data() {
     assert_eq!(camera["name"], "door-1 (axis, Main entrance)");
     assert_eq!(camera["status"], "offline");
     assert_eq!(camera["detail"], "never heard");
+    let ap = list
+        .iter()
+        .find(|d| d["kind"] == "label access point")
+        .unwrap();
+    assert_eq!(ap["name"], ACCESS_POINT);
+    assert_eq!(ap["ok"], false, "{ap}");
 
     // Sign-ins, and the refusals by role, are in the gateway audit log; no PIN is.
     let audit = g.audit();

@@ -6,7 +6,9 @@
 //! 403):
 //!
 //! * `GET /v1/setup/checklist`: the self-check, the very checks and words of
-//!   `aisle-agent doctor --json` (`{ok, checks: [{name, verdict, detail, fix}]}`);
+//!   `aisle-agent doctor --json` (`{ok, checks: [{name, verdict, detail, fix}]}`), except that
+//!   the label access point the agent holds open is judged by its driver's live link rather
+//!   than probed ([`crate::doctor::run_in_agent`]);
 //! * `GET /v1/setup/devices`: what the agent knows of its devices right now: cameras, the label
 //!   access point, the MQTT broker, the status panel, and the hub link.
 use std::sync::Arc;
@@ -76,7 +78,9 @@ pub(super) async fn sign_in(
 }
 
 pub(super) async fn checklist(_who: TechnicianSession, State(st): State<AppState>) -> Response {
-    let report = crate::doctor::run(&st.setup.config, st.setup.clock.clone()).await;
+    let report =
+        crate::doctor::run_in_agent(&st.setup.config, st.setup.clock.clone(), st.labels.link())
+            .await;
     Json(report).into_response()
 }
 
