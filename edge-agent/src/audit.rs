@@ -25,6 +25,12 @@ pub mod action {
     pub const MQTT_DEVICE_ADDED: &str = "mqtt_device_added";
     pub const STAFF_SIGNED_IN: &str = "staff_signed_in";
     pub const STAFF_PIN_REFUSED: &str = "staff_pin_refused";
+    /// A technician signed in to the setup page.
+    pub const TECHNICIAN_SIGNED_IN: &str = "technician_signed_in";
+    /// A right PIN whose role the page does not admit (a staff PIN at the setup page).
+    pub const SIGN_IN_REFUSED_ROLE: &str = "sign_in_refused_role";
+    /// The reset button was held at boot: the enrolment was set aside.
+    pub const GATEWAY_RESET: &str = "gateway_reset";
 }
 
 /// One line of the log.
@@ -34,7 +40,8 @@ pub struct AuditEntry {
     pub seq: u64,
     /// Unix milliseconds (the gateway's clock).
     pub at_ms: i64,
-    /// `technician`, `staff:<name>`, `device:<address>`.
+    /// `technician`, `technician:<name>` (signed in with a PIN), `staff:<name>`,
+    /// `device:<address>`.
     pub actor: String,
     pub action: String,
     pub subject: String,

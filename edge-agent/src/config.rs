@@ -11,6 +11,11 @@ use aisle_protocol::sync::{
 use aisle_protocol::{GatewayId, StoreId};
 use serde::{Deserialize, Serialize};
 
+/// Why a gateway without an identity does not sync, in the technician's words.
+pub const NOT_ENROLLED: &str = "this gateway is not enrolled (no [gateway] section and no \
+     credential), so it does not sync with the hub: run `aisle-agent enroll --hub URL --code \
+     CODE` with a code from HQ, then restart the agent";
+
 /// Largest configuration file we read.
 const MAX_CONFIG_BYTES: u64 = 64 * 1024;
 /// The secret half of a credential: 32 random bytes as lowercase hex, as the hub prints it.
@@ -55,6 +60,75 @@ pub struct AgentConfig {
     /// `credential` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<GatewayIdentity>,
+    /// The gateway's own status LED, buzzer and reset button (`[status_panel]`, Raspberry Pi
+    /// BCM pin numbers; needs a build with the `rpi` feature). Absent: no status hardware.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_panel: Option<StatusPanelSettings>,
+}
+
+/// Highest BCM GPIO number on the Raspberry Pi's 40-pin header.
+pub const MAX_BCM_PIN: u8 = 27;
+/// Shortest and longest `reset_hold_ms`.
+pub const MIN_RESET_HOLD_MS: u64 = 1_000;
+pub const MAX_RESET_HOLD_MS: u64 = 30_000;
+
+/// `[status_panel]`: the status LED and (active) buzzer, both driven high to light or sound, and
+/// the reset button from its pin to ground (read with the pull-up: pressed = low).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusPanelSettings {
+    /// BCM number of the status LED's pin.
+    pub led_bcm: u8,
+    /// BCM number of the buzzer's pin.
+    pub buzzer_bcm: u8,
+    /// BCM number of the reset button's pin.
+    pub reset_bcm: u8,
+    /// How long the reset button must be held at boot to set the enrolment aside.
+    #[serde(default = "default_reset_hold_ms")]
+    pub reset_hold_ms: u64,
+}
+
+fn default_reset_hold_ms() -> u64 {
+    5_000
+}
+
+impl StatusPanelSettings {
+    pub fn validate(&self) -> Result<(), String> {
+        for (key, pin) in [
+            ("led_bcm", self.led_bcm),
+            ("buzzer_bcm", self.buzzer_bcm),
+            ("reset_bcm", self.reset_bcm),
+        ] {
+            if pin > MAX_BCM_PIN {
+                return Err(format!(
+                    "status_panel.{key} must be a BCM GPIO number 0 to {MAX_BCM_PIN} (the \
+                     GPIOn on the Raspberry Pi's pinout, not the header's pin number), got {pin}"
+                ));
+            }
+        }
+        if self.led_bcm == self.buzzer_bcm
+            || self.led_bcm == self.reset_bcm
+            || self.buzzer_bcm == self.reset_bcm
+        {
+            return Err(format!(
+                "status_panel: led_bcm ({}), buzzer_bcm ({}) and reset_bcm ({}) must be three \
+                 different pins",
+                self.led_bcm, self.buzzer_bcm, self.reset_bcm
+            ));
+        }
+        if !(MIN_RESET_HOLD_MS..=MAX_RESET_HOLD_MS).contains(&self.reset_hold_ms) {
+            return Err(format!(
+                "status_panel.reset_hold_ms must be {MIN_RESET_HOLD_MS} to {MAX_RESET_HOLD_MS} \
+                 (how long the button is held at boot), got {}",
+                self.reset_hold_ms
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn reset_hold(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.reset_hold_ms)
+    }
 }
 
 /// `[gateway]`: the identity `aisle-agent enroll` made. Debug shows no secret (the key stays
@@ -87,6 +161,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("labels", &self.labels)
             .field("checkout", &self.checkout.is_some())
             .field("gateway", &self.gateway)
+            .field("status_panel", &self.status_panel)
             .finish()
     }
 }
@@ -152,6 +227,55 @@ pub struct StaffConfig {
     pub name: String,
     /// The PIN as an argon2 PHC string (`aisle-agent staff hash-pin` prints one).
     pub pin_hash: String,
+    /// What the PIN opens: `staff` (the default, so PINs written before roles existed stay
+    /// staff PINs), `manager` (staff, and approving lane overrides) or `technician` (the setup
+    /// page only).
+    #[serde(default, skip_serializing_if = "StaffRole::is_staff")]
+    pub role: StaffRole,
+}
+
+/// The role a PIN signs in with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StaffRole {
+    /// Pickup page and API, label bindings.
+    #[default]
+    Staff,
+    /// What staff may do, and approve overrides at the lanes.
+    Manager,
+    /// The local setup page (`/setup`) only.
+    Technician,
+}
+
+impl StaffRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StaffRole::Staff => "staff",
+            StaffRole::Manager => "manager",
+            StaffRole::Technician => "technician",
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<StaffRole, String> {
+        match text {
+            "staff" => Ok(StaffRole::Staff),
+            "manager" => Ok(StaffRole::Manager),
+            "technician" => Ok(StaffRole::Technician),
+            other => Err(format!(
+                "role must be staff, manager or technician, got '{other}'"
+            )),
+        }
+    }
+
+    fn is_staff(&self) -> bool {
+        *self == StaffRole::Staff
+    }
+}
+
+impl std::fmt::Display for StaffRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl std::fmt::Debug for StaffConfig {
@@ -159,6 +283,7 @@ impl std::fmt::Debug for StaffConfig {
         f.debug_struct("StaffConfig")
             .field("name", &self.name)
             .field("pin_hash", &"<redacted>")
+            .field("role", &self.role)
             .finish()
     }
 }
@@ -553,7 +678,16 @@ impl AgentConfig {
         if let Some(l) = &self.labels {
             l.validate().map_err(ConfigError::Invalid)?;
         }
+        if let Some(p) = &self.status_panel {
+            p.validate().map_err(ConfigError::Invalid)?;
+        }
         Ok(())
+    }
+
+    /// Has this gateway an identity (an enrolled key or a bearer credential)? Without one the
+    /// agent runs for the store but does not sync: it waits for `aisle-agent enroll`.
+    pub fn is_enrolled(&self) -> bool {
+        self.gateway.is_some() || !self.credential.is_empty()
     }
 
     /// Exactly one identity: a bearer credential (plain-HTTP hubs only) or an enrolled key,
@@ -565,10 +699,9 @@ impl AgentConfig {
                 "set either credential (a `gateway add` bearer credential) or [gateway] (an \
                  enrolled gateway's key), not both",
             ),
-            (None, true) => bad(
-                "no gateway identity: run `aisle-agent enroll` (it writes [gateway]) or set \
-                 credential",
-            ),
+            // Not enrolled (new, or set aside by the reset button): the agent runs without
+            // syncing until `aisle-agent enroll` writes [gateway].
+            (None, true) => Ok(()),
             (None, false) => {
                 gateway_of(&self.credential).map_err(ConfigError::Invalid)?;
                 if https {
@@ -601,6 +734,9 @@ impl AgentConfig {
     pub fn gateway_id(&self) -> Result<GatewayId, ConfigError> {
         match &self.gateway {
             Some(g) => Ok(g.id.clone()),
+            None if self.credential.is_empty() => {
+                Err(ConfigError::Invalid(NOT_ENROLLED.to_string()))
+            }
             None => gateway_of(&self.credential).map_err(ConfigError::Invalid),
         }
     }
@@ -817,8 +953,9 @@ listen = "127.0.0.1:7401"
         assert_eq!(p.staff.len(), 1);
         assert_eq!(p.staff[0].name, "Ana");
         assert_eq!(
-            crate::pickup::staff::who(&p.staff, "1234").as_deref(),
-            Some("Ana")
+            crate::pickup::staff::who(&p.staff, "1234"),
+            Some(("Ana".to_string(), StaffRole::Staff)),
+            "a PIN written without a role signs in as staff"
         );
         let shown = format!("{c:?}");
         assert!(

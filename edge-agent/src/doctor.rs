@@ -117,11 +117,7 @@ impl fmt::Display for Report {
 
 /// Runs every check for `config`. `clock` is the gateway's clock.
 pub async fn run(config: &AgentConfig, clock: Arc<dyn WallClock>) -> Report {
-    let mut checks = vec![identity(config)];
-    checks.extend(hub(config, clock).await);
-    checks.push(disk(&config.data_dir));
-    checks.push(ledger(&config.data_dir).await);
-    checks.push(broker(config).await);
+    let mut checks = common(config, clock).await;
     let config_copy = config.clone();
     match tokio::task::spawn_blocking(move || serial_devices(&config_copy)).await {
         Ok(c) => checks.extend(c),
@@ -134,9 +130,75 @@ pub async fn run(config: &AgentConfig, clock: Arc<dyn WallClock>) -> Report {
     Report::new(checks)
 }
 
+/// The same checklist from inside the running agent (the setup page): the serial devices the
+/// agent itself holds open are not probed (that would take the port from its driver) but
+/// judged by their driver's live link: `access_point` is what the label driver last reported
+/// (None before its first report).
+pub async fn run_in_agent(
+    config: &AgentConfig,
+    clock: Arc<dyn WallClock>,
+    access_point: Option<aisle_drivers::esl::ApLinkStatus>,
+) -> Report {
+    let mut checks = common(config, clock).await;
+    if let Some(path) = config.labels.as_ref().and_then(|l| l.access_point.clone()) {
+        let name = format!("label access point {path}");
+        checks.push(match access_point {
+            Some(link) if link.is_connected() => pass(
+                &name,
+                link.ap.as_ref().map_or_else(
+                    || "connected (the agent's driver holds the port)".to_string(),
+                    |ap| {
+                        format!(
+                            "connected: channel {}, {} tags heard, {} packets queued",
+                            ap.channel, ap.tags_heard, ap.queued
+                        )
+                    },
+                ),
+            ),
+            Some(link) => fail(
+                &name,
+                link.last_error
+                    .unwrap_or_else(|| "the agent's driver is not connected".into()),
+                ACCESS_POINT_FIX,
+            ),
+            None => fail(
+                &name,
+                "the agent's driver has not reported yet",
+                ACCESS_POINT_FIX,
+            ),
+        });
+    }
+    Report::new(checks)
+}
+
+async fn common(config: &AgentConfig, clock: Arc<dyn WallClock>) -> Vec<Check> {
+    let mut checks = vec![identity(config)];
+    checks.extend(hub(config, clock).await);
+    checks.push(disk(&config.data_dir));
+    checks.push(ledger(&config.data_dir).await);
+    checks.push(broker(config).await);
+    checks
+}
+
+const ACCESS_POINT_FIX: &str = "check the cable and `ls -l /dev/serial/by-id/`; the agent's user \
+     needs the dialout group; `aisle-agent devices scan` lists what answers";
+
+/// The checks that only look at this gateway (identity, disk), cheap enough to repeat every
+/// few seconds: the status panel raises its alarm on any FAIL among them.
+pub fn local_checks(config: &AgentConfig) -> Vec<Check> {
+    vec![identity(config), disk(&config.data_dir)]
+}
+
 fn identity(config: &AgentConfig) -> Check {
     const NAME: &str = "gateway identity";
     match &config.gateway {
+        None if !config.is_enrolled() => fail(
+            NAME,
+            "not enrolled: no [gateway] section and no credential, so nothing is synced with \
+             the hub",
+            "enrol this gateway with a code from HQ: aisle-agent enroll --hub URL --code CODE \
+             --data DIR, then restart the agent",
+        ),
         None => pass(
             NAME,
             "bearer credential from `aisle-hub gateway add` (not enrolled with a key)",
@@ -361,12 +423,7 @@ fn serial_devices(config: &AgentConfig) -> Vec<Check> {
     };
     let name = format!("label access point {path}");
     if let Err(e) = open_serial(Path::new(&path)) {
-        return vec![fail(
-            &name,
-            e,
-            "check the cable and `ls -l /dev/serial/by-id/`; the agent's user needs the dialout \
-             group; `aisle-agent devices scan` lists what answers",
-        )];
+        return vec![fail(&name, e, ACCESS_POINT_FIX)];
     }
     use crate::devices::probe::{Found, probe_access_point};
     vec![match probe_access_point(Path::new(&path), labels.baud) {

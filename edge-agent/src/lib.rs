@@ -15,6 +15,8 @@
 //!                                      (decided by the writer; redeem answers after
 //!                                       PickupCollected committed)
 //! pickup::sweeper ─────────────────────> PickupExpired at expires_at (hub-corrected)
+//! status_panel feeder ── link, clock alarm, local checks ──> LED + buzzer (own thread)
+//! technician ──HTTP──> /setup (technician PIN) ── doctor checklist, devices
 //! ```
 //! The agent meets the hub only through `aisle-protocol` and HTTP.
 use std::net::SocketAddr;
@@ -37,6 +39,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod pickup;
 pub mod provisioning;
+pub mod status_panel;
 pub mod sync;
 
 use clock::{OffsetClock, WallClock};
@@ -67,9 +70,21 @@ pub struct Agent;
 impl Agent {
     /// Opens the ledger, binds the API and starts the sync tasks and the price activator.
     /// Returns as soon as the API is listening: it never waits for the hub or the backlog.
+    /// A gateway without an identity (not enrolled) runs for the store but does not sync: its
+    /// sync status says why.
     pub async fn start(
         config: AgentConfig,
         clock: Arc<dyn WallClock>,
+    ) -> Result<AgentHandle, AgentError> {
+        Agent::start_with(config, clock, None).await
+    }
+
+    /// [`Agent::start`], with the gateway's status panel (already booted:
+    /// [`status_panel::boot`]) fed by a task of the agent.
+    pub async fn start_with(
+        config: AgentConfig,
+        clock: Arc<dyn WallClock>,
+        panel: Option<status_panel::AgentPanel>,
     ) -> Result<AgentHandle, AgentError> {
         config.validate()?;
         let labels = Arc::new(
@@ -80,7 +95,12 @@ impl Agent {
         } else {
             Arc::new(OffsetClock::new(clock, config.clock.offset_ms))
         };
-        let client = HubClient::from_config(&config, clock.clone())?;
+        let client = if config.is_enrolled() {
+            Some(HubClient::from_config(&config, clock.clone())?)
+        } else {
+            tracing::warn!("{}", config::NOT_ENROLLED);
+            None
+        };
         let ledger = Ledger::open(&config.data_dir, clock.clone()).await?;
         let listener = match tokio::net::TcpListener::bind(config.listen).await {
             Ok(l) => l,
@@ -101,8 +121,11 @@ impl Agent {
             config.sync.skew_alarm_ms,
         ));
         shared.observe_skew(ledger.view().skew_ms);
-        // Signatures carry hub time from the first request on, even while the clock is off.
-        client.set_hub_offset_ms(ledger.view().skew_ms);
+        match &client {
+            // Signatures carry hub time from the first request on, even while the clock is off.
+            Some(client) => client.set_hub_offset_ms(ledger.view().skew_ms),
+            None => shared.held_back(config::NOT_ENROLLED),
+        }
         let (footfall, footfall_rx) = FootfallShared::new(config.footfall.as_ref());
         let pickup = Arc::new(pickup::PickupShared::new(
             config.store.clone(),
@@ -151,8 +174,16 @@ impl Agent {
                 }
             };
 
+        let panel_view = panel
+            .as_ref()
+            .map(|_| Arc::new(status_panel::PanelView::default()));
         let app = api::router(api::AppState {
             lanes: lanes.clone(),
+            setup: Arc::new(api::setup::SetupContext {
+                config: config.clone(),
+                clock: clock.clone(),
+                panel: panel_view.clone(),
+            }),
             audit,
             store: config.store.clone(),
             ledger: ledger.clone(),
@@ -187,15 +218,31 @@ impl Agent {
                 shutdown_rx.clone(),
             ));
         }
-        tasks.extend(sync::spawn(
-            sync::SyncContext {
-                ledger: ledger.clone(),
-                client,
-                shared: shared.clone(),
-                config: config.sync.clone(),
-            },
-            shutdown_rx,
-        ));
+        if let (Some(panel), Some(view)) = (panel, &panel_view) {
+            tasks.push(status_panel::spawn_feeder(
+                panel,
+                view.clone(),
+                status_panel::FeederInputs {
+                    config: config.clone(),
+                    sync: shared.clone(),
+                    ledger: ledger.clone(),
+                    footfall: footfall.clone(),
+                    labels: labels.clone(),
+                },
+                shutdown_rx.clone(),
+            ));
+        }
+        if let Some(client) = client {
+            tasks.extend(sync::spawn(
+                sync::SyncContext {
+                    ledger: ledger.clone(),
+                    client,
+                    shared: shared.clone(),
+                    config: config.sync.clone(),
+                },
+                shutdown_rx,
+            ));
+        }
         tracing::info!(
             store = %config.store,
             listen = %local_addr,
@@ -203,10 +250,12 @@ impl Agent {
             last_seq = ledger.view().last_seq,
             outbox = ledger.view().outbox_depth(),
             cameras = footfall.cameras.len(),
+            enrolled = config.is_enrolled(),
             "aisle-agent started"
         );
         Ok(AgentHandle {
             local_addr,
+            panel: panel_view,
             ledger,
             sync: shared,
             footfall,
@@ -235,11 +284,14 @@ async fn start_footfall(
     let mut acker = None;
     if let Some(broker) = settings.mqtt_broker() {
         let (host, port) = broker.map_err(ConfigError::Invalid)?;
-        let gateway = config.gateway_id()?;
+        // A gateway waiting for enrolment still counts visitors.
+        let gateway = config
+            .gateway_id()
+            .map_or_else(|_| "unenrolled".to_string(), |g| g.as_str().to_string());
         let setup = footfall::MqttSetup {
             host,
             port,
-            client_id: footfall::mqtt_client_id(config.store.as_str(), gateway.as_str()),
+            client_id: footfall::mqtt_client_id(config.store.as_str(), &gateway),
             topic_base: format!("{}/{}/camera/", settings.topic_prefix, config.store),
             max_payload_bytes: settings.max_payload_bytes,
         };
@@ -265,6 +317,7 @@ async fn start_footfall(
 #[derive(Debug)]
 pub struct AgentHandle {
     local_addr: SocketAddr,
+    panel: Option<Arc<status_panel::PanelView>>,
     ledger: Ledger,
     sync: Arc<SyncShared>,
     footfall: Arc<FootfallShared>,
@@ -282,6 +335,11 @@ impl AgentHandle {
 
     pub fn ledger(&self) -> &Ledger {
         &self.ledger
+    }
+
+    /// What the status panel shows now (None without a panel, or before its first look).
+    pub fn panel_status(&self) -> Option<status_panel::PanelStatus> {
+        self.panel.as_ref().and_then(|p| p.status())
     }
 
     /// What `GET /v1/sync/status` answers.

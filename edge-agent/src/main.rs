@@ -96,8 +96,18 @@ enum LabelsCommand {
 #[derive(Debug, Subcommand)]
 enum StaffCommand {
     /// Read a PIN from stdin (one line) and print its argon2 PHC string for `[[pickup.staff]]`
-    /// `pin_hash`. The PIN itself is never stored.
-    HashPin,
+    /// `pin_hash`. The PIN itself is never stored. With --name, print the whole
+    /// `[[pickup.staff]]` entry, with the PIN's role.
+    HashPin {
+        /// The person's name: print a whole `[[pickup.staff]]` entry to paste into the
+        /// configuration.
+        #[arg(long)]
+        name: Option<String>,
+        /// What the PIN opens: staff (pickup page and API), manager (staff, and approving lane
+        /// overrides) or technician (the setup page only).
+        #[arg(long, default_value = "staff", requires = "name", value_parser = parse_role)]
+        role: aisle_agent::config::StaffRole,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -125,8 +135,8 @@ fn main() -> ExitCode {
             command: LedgerCommand::Verify { data },
         } => verify(data),
         Command::Staff {
-            command: StaffCommand::HashPin,
-        } => hash_pin(),
+            command: StaffCommand::HashPin { name, role },
+        } => hash_pin(name.as_deref(), role),
         Command::Labels {
             command: LabelsCommand::Import { data, panel, file },
         } => import_labels(data, &panel, file),
@@ -154,12 +164,17 @@ fn main() -> ExitCode {
 
 fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let config = AgentConfig::load(&config_path)?;
+    // The reset button is read (and the enrolment set aside if it is held) before anything
+    // else uses the enrolment.
+    let (booted, config) = aisle_agent::status_panel::open_hardware(&config_path, config)
+        .map_err(anyhow::Error::msg)?;
+    let panel = booted.map(|b| b.panel);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async {
-        let agent = Agent::start(config, Arc::new(SystemClock)).await?;
+        let agent = Agent::start_with(config, Arc::new(SystemClock), panel).await?;
         wait_for_stop_signal().await?;
         tracing::info!("stopping");
         agent.shutdown().await;
@@ -238,7 +253,11 @@ fn import_labels(data: PathBuf, panel: &str, file: PathBuf) -> anyhow::Result<()
     Ok(())
 }
 
-fn hash_pin() -> anyhow::Result<()> {
+fn parse_role(text: &str) -> Result<aisle_agent::config::StaffRole, String> {
+    aisle_agent::config::StaffRole::parse(text)
+}
+
+fn hash_pin(name: Option<&str>, role: aisle_agent::config::StaffRole) -> anyhow::Result<()> {
     use std::io::Read;
     let mut input = String::new();
     // A PIN is short: read at most a little more than the longest one allowed.
@@ -248,7 +267,29 @@ fn hash_pin() -> anyhow::Result<()> {
         .context("cannot read the PIN from stdin")?;
     let pin = input.lines().next().unwrap_or("").trim_end_matches('\r');
     let hash = aisle_agent::pickup::staff::hash_pin(pin).map_err(anyhow::Error::msg)?;
-    println!("{hash}");
+    match name {
+        None => println!("{hash}"),
+        Some(name) => {
+            aisle_protocol::pickup::check_label("name", name)
+                .map_err(|e| anyhow::anyhow!("--name: {e}"))?;
+            let entry = aisle_agent::config::StaffConfig {
+                name: name.to_string(),
+                pin_hash: hash,
+                role,
+            };
+            let mut table = toml::Table::new();
+            table.insert(
+                "staff".into(),
+                toml::Value::Array(vec![toml::Value::try_from(&entry)?]),
+            );
+            let mut outer = toml::Table::new();
+            outer.insert("pickup".into(), toml::Value::Table(table));
+            // `[[pickup.staff]]` and its keys, without the empty `[pickup]` header.
+            let text = toml::to_string(&outer)?;
+            let text = text.trim_start_matches("[pickup]\n");
+            print!("{}", text.trim_start());
+        }
+    }
     Ok(())
 }
 

@@ -35,6 +35,7 @@ async fn start() -> TestAgent {
         hub_url: format!("http://127.0.0.1:{}", closed_port()),
         credential: format!("gw-S001-1a2b3c4d.{}", "ab".repeat(32)),
         gateway: None,
+        status_panel: None,
         data_dir: dir.path().to_path_buf(),
         listen: "127.0.0.1:0".parse().unwrap(),
         sync: SyncConfig {

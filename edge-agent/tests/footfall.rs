@@ -71,6 +71,7 @@ impl Store {
             hub_url: format!("http://127.0.0.1:{}", closed_port()),
             credential: format!("gw-{store}.{}", "ab".repeat(32)),
             gateway: None,
+            status_panel: None,
             data_dir: dir.path().to_path_buf(),
             listen: "127.0.0.1:0".parse().unwrap(),
             sync: SyncConfig {

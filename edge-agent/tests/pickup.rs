@@ -55,6 +55,7 @@ fn config(dir: &Path) -> AgentConfig {
         hub_url: format!("http://127.0.0.1:{}", closed_port()),
         credential: format!("gw-S001-1a2b3c4d.{}", "ab".repeat(32)),
         gateway: None,
+        status_panel: None,
         data_dir: dir.to_path_buf(),
         listen: "127.0.0.1:0".parse().unwrap(),
         sync: SyncConfig {
@@ -71,10 +72,12 @@ fn config(dir: &Path) -> AgentConfig {
                 StaffConfig {
                     name: "Ana".into(),
                     pin_hash: cheap_hash("1234"),
+                    role: aisle_agent::config::StaffRole::Staff,
                 },
                 StaffConfig {
                     name: "Bo".into(),
                     pin_hash: cheap_hash("5678"),
+                    role: aisle_agent::config::StaffRole::Staff,
                 },
             ],
         }),
@@ -1490,22 +1493,20 @@ where
 #[test]
 fn staff_hash_pin_reads_stdin_and_prints_a_phc_string_that_verifies() {
     use std::io::Write;
-    let run = |input: &str| {
+    let run_with = |extra: &[&str], input: &str| {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_aisle-agent"))
             .args(["staff", "hash-pin"])
+            .args(extra)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
+        // A refused command line exits before reading its stdin (a broken pipe here).
+        let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
         child.wait_with_output().unwrap()
     };
+    let run = |input: &str| run_with(&[], input);
     let out = run("4321\n");
     assert!(out.status.success(), "{out:?}");
     let hash = String::from_utf8(out.stdout).unwrap().trim().to_string();
@@ -1514,15 +1515,49 @@ fn staff_hash_pin_reads_stdin_and_prints_a_phc_string_that_verifies() {
     let staff = vec![StaffConfig {
         name: "Cy".into(),
         pin_hash: hash,
+        role: aisle_agent::config::StaffRole::Staff,
     }];
     assert_eq!(
-        aisle_agent::pickup::staff::who(&staff, "4321").as_deref(),
-        Some("Cy")
+        aisle_agent::pickup::staff::who(&staff, "4321"),
+        Some(("Cy".to_string(), aisle_agent::config::StaffRole::Staff))
     );
     assert_eq!(aisle_agent::pickup::staff::who(&staff, "4322"), None);
     let out = run("12\n");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("PIN must be"));
+
+    // With --name and --role: a whole [[pickup.staff]] entry that parses as one, with its role.
+    for (role, expected) in [
+        ("manager", aisle_agent::config::StaffRole::Manager),
+        ("technician", aisle_agent::config::StaffRole::Technician),
+    ] {
+        let out = run_with(&["--name", "Dee", "--role", role], "8642\n");
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(text.starts_with("[[pickup.staff]]"), "{text}");
+        assert!(text.contains(&format!("role = \"{role}\"")), "{text}");
+        let parsed: aisle_agent::config::PickupSettings = toml::from_str::<toml::Table>(&text)
+            .unwrap()["pickup"]
+            .clone()
+            .try_into()
+            .unwrap();
+        assert_eq!(
+            aisle_agent::pickup::staff::who(&parsed.staff, "8642"),
+            Some(("Dee".to_string(), expected))
+        );
+    }
+    // Staff is the default role and is written as no role at all.
+    let out = run_with(&["--name", "Eve"], "8642\n");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("name = \"Eve\"") && !text.contains("role"),
+        "{text}"
+    );
+    let out = run_with(&["--role", "boss", "--name", "Eve"], "8642\n");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("staff, manager or technician"));
+    let out = run_with(&["--role", "manager"], "8642\n");
+    assert!(!out.status.success(), "--role without --name is refused");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -240,6 +240,7 @@ async fn start_store() -> Store {
         hub_url: url,
         credential: format!("{GATEWAY}.{SECRET}"),
         gateway: None,
+        status_panel: None,
         data_dir: dir.path().to_path_buf(),
         listen: "127.0.0.1:0".parse().unwrap(),
         sync: SyncConfig {
@@ -257,6 +258,7 @@ async fn start_store() -> Store {
             staff: vec![StaffConfig {
                 name: STAFF.into(),
                 pin_hash: aisle_agent::pickup::staff::hash_pin(PIN).unwrap(),
+                role: aisle_agent::config::StaffRole::Staff,
             }],
         }),
     };

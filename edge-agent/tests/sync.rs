@@ -313,6 +313,7 @@ async fn agent_syncs_with_a_hub_that_speaks_the_protocol() {
         hub_url: url,
         credential: format!("{GATEWAY}.{SECRET}"),
         gateway: None,
+        status_panel: None,
         data_dir: dir.path().to_path_buf(),
         listen: "127.0.0.1:0".parse().unwrap(),
         sync: SyncConfig {
@@ -487,6 +488,7 @@ fn quick_config(url: String, dir: &std::path::Path, upload_batch: usize) -> Agen
         hub_url: url,
         credential: format!("{GATEWAY}.{SECRET}"),
         gateway: None,
+        status_panel: None,
         data_dir: dir.to_path_buf(),
         listen: "127.0.0.1:0".parse().unwrap(),
         sync: SyncConfig {

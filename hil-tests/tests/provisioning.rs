@@ -679,3 +679,88 @@ async fn doctor_passes_an_enrolled_gateway_and_says_what_to_do_about_each_failur
     );
     assert_eq!(accepted.load(Ordering::SeqCst), 0);
 }
+
+/// The reset button's effect, end to end: an enrolled gateway's enrolment set aside (as the
+/// button held at boot does), the agent then running for the store but refusing to sync and
+/// saying why, `doctor` saying to enrol, and `aisle-agent enroll` with a new code taking it
+/// without `--force`, after which the gateway syncs again under its new identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_gateway_waits_unenrolled_until_enrolled_again() {
+    let hub = TlsHub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_arg = data.to_str().unwrap().to_string();
+    let code = hub.fresh_code("S001").await;
+    let out = enroll(&[
+        "--hub",
+        &hub.url(),
+        "--code",
+        &code,
+        "--data",
+        &data_arg,
+        "--hub-fingerprint",
+        &hub.fingerprint,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let config_path = data.join("agent.toml");
+    let first = AgentConfig::load(&config_path).unwrap();
+    let first_id = first.gateway.clone().unwrap().id;
+
+    let done =
+        aisle_agent::status_panel::set_aside_enrolment(&config_path, &first, UtcMillis::now())
+            .unwrap();
+    assert_eq!(done.gateway.as_deref(), Some(first_id.as_str()));
+    assert!(!data.join("gateway.key").exists());
+    let reset = enrolled_config(&config_path);
+    assert!(!reset.is_enrolled());
+    let (ok, shown) = doctor(&config_path, false);
+    assert!(!ok, "{shown}");
+    assert!(shown.contains("FAIL  gateway identity"), "{shown}");
+    assert!(shown.contains("aisle-agent enroll"), "{shown}");
+
+    // Unenrolled: the agent runs (it sells), but never talks to the hub.
+    let agent = Agent::start(reset, Arc::new(SystemClock)).await.unwrap();
+    let status = agent.sync_status();
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("not enrolled")),
+        "{status:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(agent.sync_status().link, aisle_agent::sync::Link::Down);
+    agent.shutdown().await;
+
+    // A new code enrols it again, no --force needed; it syncs as a new gateway.
+    let code = hub.fresh_code("S001").await;
+    let out = enroll(&[
+        "--hub",
+        &hub.url(),
+        "--code",
+        &code,
+        "--data",
+        &data_arg,
+        "--hub-fingerprint",
+        &hub.fingerprint,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let again = enrolled_config(&config_path);
+    let second_id = again.gateway.clone().unwrap().id;
+    assert_ne!(second_id, first_id);
+    let agent = Agent::start(again, Arc::new(SystemClock)).await.unwrap();
+    let up = wait_for("the link to come up", Duration::from_secs(15), || async {
+        (agent.sync_status().link == aisle_agent::sync::Link::Up).then_some(())
+    })
+    .await;
+    let status = agent.sync_status();
+    agent.shutdown().await;
+    up.unwrap_or_else(|e| panic!("{e}: {status:?}"));
+    let audit = aisle_agent::audit::list(&data).unwrap();
+    let actions: Vec<&str> = audit.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        ["gateway_enrolled", "gateway_reset", "gateway_enrolled"],
+        "{audit:#?}"
+    );
+}

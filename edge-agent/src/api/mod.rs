@@ -28,6 +28,7 @@ mod pickup_page;
 mod pickups;
 mod prices;
 mod sales;
+pub mod setup;
 pub mod staff;
 mod status;
 
@@ -53,6 +54,8 @@ pub struct AppState {
     pub lanes: Arc<crate::lane::LanesShared>,
     /// The gateway's audit log (staff sign-ins, refused PINs).
     pub audit: Arc<crate::audit::AuditLog>,
+    /// The setup page's configuration, clock and status panel.
+    pub setup: Arc<setup::SetupContext>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,6 +110,10 @@ pub enum Endpoint {
     ReceiptJson,
     ReceiptPage,
     Sales,
+    SetupChecklist,
+    SetupDevices,
+    SetupPage,
+    SetupSignIn,
     StaffSignIn,
     StaffSignOut,
     SyncStatus,
@@ -248,6 +255,26 @@ pub const ROUTES: &[Route] = &[
         endpoint: Endpoint::Sales,
     },
     Route {
+        method: HttpMethod::Get,
+        path: "/setup",
+        endpoint: Endpoint::SetupPage,
+    },
+    Route {
+        method: HttpMethod::Post,
+        path: "/v1/setup/sign-in",
+        endpoint: Endpoint::SetupSignIn,
+    },
+    Route {
+        method: HttpMethod::Get,
+        path: "/v1/setup/checklist",
+        endpoint: Endpoint::SetupChecklist,
+    },
+    Route {
+        method: HttpMethod::Get,
+        path: "/v1/setup/devices",
+        endpoint: Endpoint::SetupDevices,
+    },
+    Route {
         method: HttpMethod::Post,
         path: "/v1/staff/sign-in",
         endpoint: Endpoint::StaffSignIn,
@@ -308,6 +335,12 @@ fn handler(route: &Route, state: &AppState) -> MethodRouter<AppState> {
             on(f, staff::sign_in).layer(DefaultBodyLimit::max(MAX_PICKUP_BODY_BYTES))
         }
         Endpoint::StaffSignOut => on(f, staff::sign_out),
+        Endpoint::SetupPage => on(f, setup::page),
+        Endpoint::SetupSignIn => {
+            on(f, setup::sign_in).layer(DefaultBodyLimit::max(MAX_PICKUP_BODY_BYTES))
+        }
+        Endpoint::SetupChecklist => on(f, setup::checklist),
+        Endpoint::SetupDevices => on(f, setup::devices),
         Endpoint::Price => on(f, prices::get_price),
         Endpoint::Sales => on(f, sales::create_sale),
         Endpoint::SyncStatus => on(f, status::sync_status),

@@ -67,14 +67,26 @@ fn base64(bytes: &[u8]) -> String {
 }
 
 pub(super) async fn page() -> Response {
-    let mut r = PICKUP_HTML.into_response();
+    page_with(PICKUP_HTML, CSP.clone())
+}
+
+/// Another self-contained page (the setup page) served the same way, its policy computed from
+/// its own bytes.
+pub(super) fn html_page(html: &'static str) -> Response {
+    let csp = HeaderValue::from_str(&content_security_policy(html))
+        .unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'"));
+    page_with(html, csp)
+}
+
+fn page_with(html: &'static str, csp: HeaderValue) -> Response {
+    let mut r = html.into_response();
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(header::CONTENT_SECURITY_POLICY, CSP.clone());
+    h.insert(header::CONTENT_SECURITY_POLICY, csp);
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),

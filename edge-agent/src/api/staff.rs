@@ -1,6 +1,10 @@
 //! Staff sign-in: `POST /v1/staff/sign-in` (a PIN from `[pickup]`'s argon2 hashes; 5 wrong PINs
 //! from one address in 5 minutes → 429), `POST /v1/staff/sign-out`, and [`StaffSession`], the
 //! extractor every `/v1/pickups...` route uses (cookie `aisle_staff` or `Authorization: Bearer`).
+//!
+//! Each PIN has a role ([`StaffRole`]): `staff` and `manager` sign in here (a manager may also
+//! approve lane overrides: [`StaffSession::is_manager`]); a `technician` PIN opens only the setup
+//! page (`POST /v1/setup/sign-in`, same lockout), and is refused here with 403.
 use std::net::SocketAddr;
 
 use aisle_protocol::sync::error_code;
@@ -16,9 +20,13 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use crate::clock::rfc3339;
+use crate::config::StaffRole;
+use crate::pickup::staff::Session;
 
 /// The session cookie.
 pub const COOKIE: &str = "aisle_staff";
+/// The setup page's session cookie (technicians).
+pub const SETUP_COOKIE: &str = "aisle_setup";
 /// Longest PIN sign-in reads.
 const MAX_SIGN_IN_PIN_CHARS: usize = 64;
 
@@ -86,8 +94,17 @@ pub(super) fn json_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<
     })
 }
 
-/// The token a request presents: `Authorization: Bearer <token>`, else the `aisle_staff` cookie.
-fn presented_token(headers: &HeaderMap) -> Option<String> {
+pub(super) fn forbidden(message: &str) -> Response {
+    error(
+        StatusCode::FORBIDDEN,
+        error_code::FORBIDDEN,
+        message,
+        Value::Null,
+    )
+}
+
+/// The token a request presents: `Authorization: Bearer <token>`, else the `cookie` cookie.
+fn presented_token(headers: &HeaderMap, cookie: &str) -> Option<String> {
     if let Some(auth) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -99,7 +116,7 @@ fn presented_token(headers: &HeaderMap) -> Option<String> {
         let Ok(text) = cookies.to_str() else { continue };
         for part in text.split(';') {
             if let Some((k, v)) = part.trim().split_once('=')
-                && k == COOKIE
+                && k == cookie
             {
                 return Some(v.trim().to_string());
             }
@@ -108,35 +125,64 @@ fn presented_token(headers: &HeaderMap) -> Option<String> {
     None
 }
 
-/// A signed-in staff member. Extracting it answers 401 without a live session.
+/// The live session a request presents (bearer token, else the `cookie` cookie), or 401.
+pub(super) fn live_session(
+    headers: &HeaderMap,
+    st: &AppState,
+    cookie: &str,
+    sign_in_at: &str,
+) -> Result<(String, Session), Box<Response>> {
+    let Some(token) = presented_token(headers, cookie) else {
+        return Err(Box::new(unauthorized(&format!(
+            "sign in first ({sign_in_at} with your PIN)"
+        ))));
+    };
+    // Tokens are 64 hex digits; anything else cannot name a session.
+    if token.len() != 64 {
+        return Err(Box::new(unauthorized(
+            "the session is not valid: sign in again",
+        )));
+    }
+    match st.pickup.sessions.get(&token, st.pickup.now()) {
+        Some(s) => Ok((token, s)),
+        None => Err(Box::new(unauthorized(
+            "the session expired or was signed out: sign in again",
+        ))),
+    }
+}
+
+/// A signed-in member of staff (role `staff` or `manager`). Extracting it answers 401 without a
+/// live session, and 403 for a technician's session (it opens the setup page only).
 #[derive(Clone, Debug)]
 pub struct StaffSession {
     pub staff: String,
+    pub role: StaffRole,
     pub token: String,
+}
+
+impl StaffSession {
+    /// May this person approve what only a manager may (overrides at the lanes)?
+    pub fn is_manager(&self) -> bool {
+        self.role == StaffRole::Manager
+    }
 }
 
 impl FromRequestParts<AppState> for StaffSession {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, Response> {
-        let Some(token) = presented_token(&parts.headers) else {
-            return Err(unauthorized(
-                "sign in first (POST /v1/staff/sign-in with your PIN)",
+        let (token, s) =
+            live_session(&parts.headers, st, COOKIE, "POST /v1/staff/sign-in").map_err(|r| *r)?;
+        if s.role == StaffRole::Technician {
+            return Err(forbidden(
+                "a technician's session opens only the setup page (/setup)",
             ));
-        };
-        // Tokens are 64 hex digits; anything else cannot name a session.
-        if token.len() != 64 {
-            return Err(unauthorized("the session is not valid: sign in again"));
         }
-        match st.pickup.sessions.get(&token, st.pickup.now()) {
-            Some(s) => Ok(StaffSession {
-                staff: s.staff,
-                token,
-            }),
-            None => Err(unauthorized(
-                "the session expired or was signed out: sign in again",
-            )),
-        }
+        Ok(StaffSession {
+            staff: s.staff,
+            role: s.role,
+            token,
+        })
     }
 }
 
@@ -156,6 +202,36 @@ pub(super) async fn sign_in(
     ext: Extensions,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    sign_in_for(st, &ext, body, SignInFor::Staff).await
+}
+
+/// Which page a PIN signs in to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum SignInFor {
+    /// The pickup page and the staff API: `staff` and `manager` PINs.
+    Staff,
+    /// The setup page: `technician` PINs.
+    Setup,
+}
+
+impl SignInFor {
+    fn admits(self, role: StaffRole) -> bool {
+        match self {
+            SignInFor::Staff => role != StaffRole::Technician,
+            SignInFor::Setup => role == StaffRole::Technician,
+        }
+    }
+}
+
+/// A PIN sign-in: one lockout per client address shared by every page, wrong PINs and sign-ins
+/// in the gateway's audit log. A right PIN of a role the page does not admit is answered 403
+/// (and logged) without a session.
+pub(super) async fn sign_in_for(
+    st: AppState,
+    ext: &Extensions,
+    body: Result<Bytes, BytesRejection>,
+    purpose: SignInFor,
+) -> Response {
     let bytes = match body {
         Ok(b) => b,
         Err(e) => return body_error(&e),
@@ -172,7 +248,7 @@ pub(super) async fn sign_in(
             Value::Null,
         );
     }
-    let address = client_address(&ext);
+    let address = client_address(ext);
     let p = st.pickup.clone();
     // At most two PIN checks hash at once; the lockout is checked (and this attempt counted as
     // a failure until it succeeds) while holding the permit, so parallel guesses from one
@@ -203,13 +279,16 @@ pub(super) async fn sign_in(
         .await
         .ok()
         .flatten();
-    let Some(name) = who else {
-        tracing::warn!(address = %address, "staff sign-in with a wrong PIN");
+    let Some((name, role)) = who else {
+        tracing::warn!(address = %address, page = ?purpose, "sign-in with a wrong PIN");
         audit(
             &st,
             format!("device:{address}"),
             crate::audit::action::STAFF_PIN_REFUSED,
-            String::new(),
+            match purpose {
+                SignInFor::Staff => String::new(),
+                SignInFor::Setup => "at the setup page".to_string(),
+            },
         )
         .await;
         return error(
@@ -222,18 +301,43 @@ pub(super) async fn sign_in(
     if let Ok(mut w) = p.sign_in_failures.lock() {
         w.give_back(&address, now);
     }
-    let (token, session) = p.sessions.open(name.clone(), p.now());
-    tracing::info!(staff = %name, "staff signed in");
-    audit(
-        &st,
-        format!("staff:{name}"),
-        crate::audit::action::STAFF_SIGNED_IN,
-        format!("from {address}"),
-    )
-    .await;
-    let cookie = format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/");
+    let actor = match role {
+        StaffRole::Technician => format!("technician:{name}"),
+        _ => format!("staff:{name}"),
+    };
+    if !purpose.admits(role) {
+        let (page, message) = match purpose {
+            SignInFor::Staff => (
+                "pickup",
+                "this is a technician's PIN: it opens only the setup page (/setup)",
+            ),
+            SignInFor::Setup => (
+                "setup",
+                "this PIN is not a technician's: the setup page needs a PIN with the role \
+                 technician",
+            ),
+        };
+        tracing::warn!(who = %name, %role, page, "sign-in refused for the PIN's role");
+        audit(
+            &st,
+            actor,
+            crate::audit::action::SIGN_IN_REFUSED_ROLE,
+            format!("{role} PIN at the {page} sign-in from {address}"),
+        )
+        .await;
+        return forbidden(message);
+    }
+    let (token, session) = p.sessions.open(name.clone(), role, p.now());
+    let (action, cookie_name) = match purpose {
+        SignInFor::Staff => (crate::audit::action::STAFF_SIGNED_IN, COOKIE),
+        SignInFor::Setup => (crate::audit::action::TECHNICIAN_SIGNED_IN, SETUP_COOKIE),
+    };
+    tracing::info!(who = %name, %role, "signed in");
+    audit(&st, actor, action, format!("from {address}")).await;
+    let cookie = format!("{cookie_name}={token}; HttpOnly; SameSite=Strict; Path=/");
     let mut r = Json(json!({
         "staff": name,
+        "role": role,
         "token": token,
         "expires_at": rfc3339(session.expires_at),
     }))
@@ -245,12 +349,17 @@ pub(super) async fn sign_in(
 }
 
 pub(super) async fn sign_out(State(st): State<AppState>, headers: HeaderMap) -> Response {
-    let closed = presented_token(&headers).is_some_and(|t| st.pickup.sessions.close(&t));
+    let closed = presented_token(&headers, COOKIE)
+        .or_else(|| presented_token(&headers, SETUP_COOKIE))
+        .is_some_and(|t| st.pickup.sessions.close(&t));
     let mut r = Json(json!({ "signed_out": closed })).into_response();
-    r.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_static("aisle_staff=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
-    );
+    for clear in [
+        "aisle_staff=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0",
+        "aisle_setup=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0",
+    ] {
+        r.headers_mut()
+            .append(header::SET_COOKIE, HeaderValue::from_static(clear));
+    }
     r
 }
 
@@ -259,4 +368,31 @@ async fn audit(st: &AppState, actor: String, action: &'static str, subject: Stri
     let log = st.audit.clone();
     let at_ms = aisle_protocol::UtcMillis::now().0;
     let _ = tokio::task::spawn_blocking(move || log.record(at_ms, &actor, action, &subject)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_manager_may_approve_what_managers_approve() {
+        let session = |role| StaffSession {
+            staff: "Max".into(),
+            role,
+            token: String::new(),
+        };
+        assert!(session(StaffRole::Manager).is_manager());
+        assert!(!session(StaffRole::Staff).is_manager());
+        assert!(!session(StaffRole::Technician).is_manager());
+    }
+
+    #[test]
+    fn each_page_admits_its_own_roles() {
+        for role in [StaffRole::Staff, StaffRole::Manager] {
+            assert!(SignInFor::Staff.admits(role));
+            assert!(!SignInFor::Setup.admits(role));
+        }
+        assert!(!SignInFor::Staff.admits(StaffRole::Technician));
+        assert!(SignInFor::Setup.admits(StaffRole::Technician));
+    }
 }

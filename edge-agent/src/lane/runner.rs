@@ -38,7 +38,7 @@ use super::session::{LaneSession, Phase, PricedItem};
 use super::{Checkout, LaneHandle, LaneSettings, receipt};
 use crate::audit::AuditLog;
 use crate::clock::HubTime;
-use crate::config::StaffConfig;
+use crate::config::{StaffConfig, StaffRole};
 use crate::ledger::{Ledger, SaleRejection};
 
 /// Commands a lane task takes (queued; the lane handles them in order).
@@ -419,7 +419,7 @@ impl Runner {
                 Err(e) => self.say("refused", e.to_string()),
             },
             LaneCommand::Void { line_no, pin } => {
-                let Some(who) = self.attendant(&pin).await else {
+                let Some(who) = self.attendant(&pin, true).await else {
                     return;
                 };
                 match self.session.void(line_no) {
@@ -435,7 +435,8 @@ impl Runner {
             LaneCommand::Member { qr } => self.member(qr).await,
             LaneCommand::Pay => self.pay().await,
             LaneCommand::Attendant { pin, action } => {
-                let Some(who) = self.attendant(&pin).await else {
+                let manager = action == AttendantAction::Recover;
+                let Some(who) = self.attendant(&pin, manager).await else {
                     return;
                 };
                 self.attendant_action(who, action).await;
@@ -616,8 +617,10 @@ impl Runner {
     }
 
     /// The attendant's name for `pin`, or None (said on the screen; wrong PINs are counted and
-    /// audited, and lock the lane's PIN pad for a minute after five).
-    async fn attendant(&mut self, pin: &str) -> Option<String> {
+    /// audited, and lock the lane's PIN pad for a minute after five). Staff and managers
+    /// attend lanes; overrides (`manager`: voids, payment recovery) take a manager. A
+    /// technician's PIN attends no lane.
+    async fn attendant(&mut self, pin: &str, manager: bool) -> Option<String> {
         if let Some(until) = self.pins_locked_until {
             if Instant::now() < until {
                 self.say(
@@ -640,8 +643,26 @@ impl Runner {
             .ok()
             .flatten();
         match who {
-            Some(w) => {
+            Some((w, role)) => {
                 self.pin_failures = 0;
+                let allowed = match role {
+                    StaffRole::Manager => true,
+                    StaffRole::Staff => !manager,
+                    StaffRole::Technician => false,
+                };
+                if !allowed {
+                    let subject = format!("lane {} ({})", self.id, role.as_str());
+                    self.audit(&w, "lane_override_refused", &subject);
+                    self.say(
+                        "attendant_refused",
+                        if manager {
+                            "This needs a manager's PIN."
+                        } else {
+                            "That PIN is not an attendant's."
+                        },
+                    );
+                    return None;
+                }
                 Some(w)
             }
             None => {

@@ -6,7 +6,7 @@ use aisle_protocol::UtcMillis;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Argon2, Params};
 
-use crate::config::StaffConfig;
+use crate::config::{StaffConfig, StaffRole};
 
 /// How long a session lives.
 pub const SESSION_MS: i64 = 12 * 3_600_000;
@@ -63,9 +63,9 @@ pub fn check_pin_hash(hash: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The staff member whose PIN this is, if any (checks every hash: CPU-heavy, call off the
-/// runtime).
-pub fn who(staff: &[StaffConfig], pin: &str) -> Option<String> {
+/// The staff member whose PIN this is and the role it signs in with, if any (checks every
+/// hash: CPU-heavy, call off the runtime).
+pub fn who(staff: &[StaffConfig], pin: &str) -> Option<(String, StaffRole)> {
     let argon = Argon2::default();
     let mut found = None;
     for s in staff {
@@ -73,7 +73,7 @@ pub fn who(staff: &[StaffConfig], pin: &str) -> Option<String> {
             continue;
         };
         if found.is_none() && argon.verify_password(pin.as_bytes(), &parsed).is_ok() {
-            found = Some(s.name.clone());
+            found = Some((s.name.clone(), s.role));
         }
     }
     found
@@ -82,6 +82,7 @@ pub fn who(staff: &[StaffConfig], pin: &str) -> Option<String> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Session {
     pub staff: String,
+    pub role: StaffRole,
     pub expires_at: UtcMillis,
 }
 
@@ -93,11 +94,12 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    /// A new session for `staff` until `now + 12 h`; returns its token.
-    pub fn open(&self, staff: String, now: UtcMillis) -> (String, Session) {
+    /// A new session for `staff` signed in as `role` until `now + 12 h`; returns its token.
+    pub fn open(&self, staff: String, role: StaffRole, now: UtcMillis) -> (String, Session) {
         let token = hex::encode(rand::random::<[u8; 32]>());
         let session = Session {
             staff,
+            role,
             expires_at: UtcMillis(now.0.saturating_add(SESSION_MS)),
         };
         if let Ok(mut m) = self.map.lock() {
@@ -156,14 +158,25 @@ mod tests {
             StaffConfig {
                 name: "Ana".into(),
                 pin_hash: hash_pin_with("1357", cheap()).unwrap(),
+                role: StaffRole::Staff,
             },
             StaffConfig {
                 name: "Bo".into(),
                 pin_hash: h,
+                role: StaffRole::Manager,
+            },
+            StaffConfig {
+                name: "Tia".into(),
+                pin_hash: hash_pin_with("9753", cheap()).unwrap(),
+                role: StaffRole::Technician,
             },
         ];
-        assert_eq!(who(&staff, "2468").as_deref(), Some("Bo"));
-        assert_eq!(who(&staff, "1357").as_deref(), Some("Ana"));
+        assert_eq!(who(&staff, "2468"), Some(("Bo".into(), StaffRole::Manager)));
+        assert_eq!(who(&staff, "1357"), Some(("Ana".into(), StaffRole::Staff)));
+        assert_eq!(
+            who(&staff, "9753"),
+            Some(("Tia".into(), StaffRole::Technician))
+        );
         assert_eq!(who(&staff, "0000"), None);
         assert!(hash_pin_with("12", cheap()).is_err());
         assert!(hash_pin_with("12\n34", cheap()).is_err());
@@ -174,12 +187,13 @@ mod tests {
     #[test]
     fn sessions_expire_and_close() {
         let s = Sessions::default();
-        let (t, sess) = s.open("Ana".into(), UtcMillis(1_000));
+        let (t, sess) = s.open("Ana".into(), StaffRole::Manager, UtcMillis(1_000));
+        assert_eq!(sess.role, StaffRole::Manager);
         assert_eq!(t.len(), 64);
         assert_eq!(sess.expires_at, UtcMillis(1_000 + SESSION_MS));
         assert_eq!(s.get(&t, UtcMillis(2_000)).unwrap().staff, "Ana");
         assert!(s.get(&t, UtcMillis(1_000 + SESSION_MS)).is_none());
-        let (t2, _) = s.open("Bo".into(), UtcMillis(1_000));
+        let (t2, _) = s.open("Bo".into(), StaffRole::Staff, UtcMillis(1_000));
         assert!(s.close(&t2));
         assert!(s.get(&t2, UtcMillis(1_001)).is_none());
         assert!(s.get("nope", UtcMillis(1_001)).is_none());

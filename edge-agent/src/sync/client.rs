@@ -166,6 +166,9 @@ impl HubClient {
                 };
                 (auth, pin)
             }
+            None if !config.is_enrolled() => {
+                return Err(SyncError::Identity(crate::config::NOT_ENROLLED.to_string()));
+            }
             None => (HubAuth::Bearer(config.credential.clone()), None),
         };
         if pin.is_none() && config.hub_url.starts_with("https://") {

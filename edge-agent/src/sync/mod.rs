@@ -197,6 +197,17 @@ impl SyncShared {
         })
     }
 
+    /// The agent does not sync at all (a gateway without an identity): the link reads down and
+    /// `why` is the status's `last_error`, for as long as the agent runs.
+    pub(crate) fn held_back(&self, why: &str) {
+        self.with_link(|l| {
+            l.order += 1;
+            l.errors[Task::Download as usize] = Some((l.order, why.to_string()));
+            l.up = false;
+        });
+        self.metrics.link_up.set(0);
+    }
+
     pub fn link_up(&self) -> bool {
         self.with_link(|l| l.up)
     }
