@@ -8,6 +8,7 @@ pub mod camera_sim;
 pub mod esl_sim;
 pub mod footfall;
 pub mod harness;
+pub mod lanes;
 pub mod mqtt;
 pub mod pickup;
 pub mod printer_sim;
