@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 use aisle_hub::api::orders::OrderBody;
 use aisle_hub::config::{DEFAULT_DB_URL, DEFAULT_LISTEN, HQ_TOKEN_ENV};
+use aisle_hub::member::{self, CardRequest, DEFAULT_CARD_DAYS};
 use aisle_hub::pickup::sweeper::SweepSettings;
 use aisle_hub::pickup::webhook::{WEBHOOK_SECRET_ENV, WebhookSecret, WebhookSettings};
 use aisle_hub::pickup::{OrderFilter, OrderStatus};
@@ -27,7 +28,7 @@ use aisle_hub::{HqToken, HubConfig, PickupSettings};
     long_about = "Aisle HQ hub: price batches, sales, stock, pickup orders and the gateway sync API.\n\n\
 HQ callers send a bearer token with a role: AISLE_HQ_TOKEN is the bootstrap admin token, \
 `token create --role pricing|orders|admin` makes the others (price batches need pricing, orders \
-need orders, stores, gateways, enrolment and the audit log need admin; reports take any role). \
+and member cards need orders, stores, gateways, enrolment and the audit log need admin; reports take any role). \
 Gateways use a credential from `gateway add`, or enrol with a one-time code from `enrolment \
 create` and sign their requests with their own key. `tls init` makes a private CA and server \
 certificate; `serve --tls-cert --tls-key` serves HTTPS. Privileged actions go to the audit log \
@@ -114,6 +115,31 @@ pub enum Command {
     Tls {
         #[command(subcommand)]
         command: TlsCommand,
+    },
+    /// Loyalty member cards that self-checkout lanes verify offline.
+    Member {
+        #[command(subcommand)]
+        command: MemberCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MemberCommand {
+    /// Sign a member card with the hub's pickup key (generated and sent to every store first if
+    /// there is none yet); prints the card's token (the text of its QR code) on stdout. Audited.
+    Card {
+        /// Member number as printed on the card: 1 to 32 of A-Z a-z 0-9 '-', e.g. M-1001
+        #[arg(long)]
+        member: String,
+        /// Discount on member-eligible lines in basis points (500 = 5 %), at most 5000 (50 %).
+        #[arg(long, allow_negative_numbers = true)]
+        discount_bp: i64,
+        /// How long the card is valid, in days (1 to 3650).
+        #[arg(long, default_value_t = DEFAULT_CARD_DAYS, allow_negative_numbers = true)]
+        days: i64,
+        /// Also write the token as a QR code (PNG, mode 0600) to this file.
+        #[arg(long)]
+        qr: Option<PathBuf>,
     },
 }
 
@@ -417,6 +443,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit { command } => audit_command(&cli.db, command).await,
         Command::Enrolment { command } => enrolment_command(&cli.db, command).await,
         Command::Tls { command } => tls_command(command),
+        Command::Member { command } => member_command(&cli.db, command).await,
         Command::Changes {
             command: ChangesCommand::Compact,
         } => {
@@ -540,6 +567,34 @@ async fn enrolment_command(db: &str, command: EnrolmentCommand) -> anyhow::Resul
         "single use; on the gateway: aisle-agent enroll --hub {} --code {code}",
         hub_url.as_deref().unwrap_or("<hub URL>")
     );
+    Ok(())
+}
+
+async fn member_command(db: &str, command: MemberCommand) -> anyhow::Result<()> {
+    let MemberCommand::Card {
+        member,
+        discount_bp,
+        days,
+        qr,
+    } = command;
+    let request = CardRequest::new(member.trim(), discount_bp, days).map_err(anyhow::Error::msg)?;
+    let db = storage::open(db).await?;
+    let card = member::issue(db.as_ref(), &request, &Actor::cli(), UtcMillis::now()).await?;
+    if let Some(path) = &qr {
+        qr::write_png(path, &card.token)?;
+    }
+    eprintln!(
+        "member card for {} ({} bp off, key {}) valid until {}{}",
+        card.claims.member,
+        card.claims.discount_bp,
+        card.claims.key_id,
+        format_rfc3339(card.claims.expires_at),
+        qr.as_ref()
+            .map(|p| format!("; QR code in {}", p.display()))
+            .unwrap_or_default()
+    );
+    // The only output on stdout: scripts capture this line as the card's token.
+    println!("{}", card.token);
     Ok(())
 }
 

@@ -4,7 +4,8 @@
 //! reports, among them footfall and conversion per store ([`footfall`]) and which shelf labels
 //! show the current price ([`labels`]). It also runs
 //! click-and-collect for HQ's order system ([`pickup`]): orders, pickup tokens, the stores'
-//! progress, expiry and signed webhooks.
+//! progress, expiry and signed webhooks, and signs loyalty member cards ([`member`]) that
+//! self-checkout lanes verify offline with the same key.
 //!
 //! Who may do what ([`security`]): HQ tokens carry a role (pricing, orders, admin; the
 //! `AISLE_HQ_TOKEN` env token is the bootstrap admin), gateways use a bearer credential or,
@@ -27,6 +28,7 @@ pub mod changefeed;
 pub mod config;
 pub mod footfall;
 pub mod labels;
+pub mod member;
 pub mod metrics;
 pub mod pickup;
 pub mod price_batch;

@@ -35,6 +35,7 @@ pub mod enrol;
 pub mod footfall;
 pub mod health;
 pub mod labels;
+pub mod members;
 pub mod orders;
 pub mod price_batches;
 pub mod signed;
@@ -442,7 +443,7 @@ impl<R> RoleAuth<R> {
 
 /// Price batches.
 pub type PricingAuth = RoleAuth<Pricing>;
-/// Pickup orders.
+/// Pickup orders and member cards.
 pub type OrdersAuth = RoleAuth<Orders>;
 /// Stores, gateways, enrolment, audit, stock adjustments.
 pub type AdminAuth = RoleAuth<Admin>;
@@ -594,6 +595,11 @@ fn table() -> RouteTable {
             "/v1/orders/{id}/cancel",
             MAX_SMALL_BODY_BYTES,
             orders::cancel,
+        )
+        .post(
+            "/v1/members/{member}/card",
+            MAX_SMALL_BODY_BYTES,
+            members::issue,
         )
         .get(path::CHANGES, sync::changes)
         .post(path::EVENTS, MAX_BODY_BYTES, sync::events)

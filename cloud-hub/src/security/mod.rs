@@ -37,7 +37,7 @@ pub const ENROL_RATE_WINDOW_MS: i64 = 10 * 60 * 1000;
 pub enum Role {
     /// Price batches.
     Pricing,
-    /// Pickup orders: place, cancel, read.
+    /// Pickup orders: place, cancel, read; loyalty member cards.
     Orders,
     /// Stores, gateways, enrolment, tokens, audit, changefeed maintenance, and all of the above.
     Admin,
@@ -246,6 +246,8 @@ pub mod action {
     pub const LABEL_BOUND: &str = "label.bound";
     /// A store took a shelf label off the shelf.
     pub const LABEL_UNBOUND: &str = "label.unbound";
+    /// The hub signed a loyalty member card (subject: the member number; never the token).
+    pub const MEMBER_CARD_ISSUED: &str = "member_card_issued";
 }
 
 /// One entry of the audit log as stored.

@@ -33,6 +33,7 @@ use sha2::{Digest, Sha256};
 
 use crate::changefeed::ChangeSubscription;
 use crate::labels::{LabelCounts, LabelPage, LabelQuery, NotUpdated, ShelfLabel, Shown};
+use crate::pickup::token::PickupSigningKey;
 use crate::pickup::{
     CancelReceipt, NewOrder, OrderFilter, OrderReceipt, OrderSummary, OrderView, WebhookDelivery,
 };
@@ -699,6 +700,11 @@ pub trait HubStorage: Send + Sync + fmt::Debug {
 
     /// The hub's current pickup public key, if one was generated yet.
     async fn pickup_key(&self) -> Result<Option<PickupKey>, StorageError>;
+
+    /// The hub's current pickup signing key (it also signs member cards). When there is none
+    /// yet it is generated at `now` exactly as for the first order: stored, and its public half
+    /// written to every store's changefeed as a `PickupKey` change.
+    async fn pickup_signing_key(&self, now: UtcMillis) -> Result<PickupSigningKey, StorageError>;
 
     /// The generated webhook secret, created and stored on first use.
     async fn webhook_secret(&self) -> Result<String, StorageError>;

@@ -34,6 +34,7 @@ use super::{
 use super::{postgres_labels, postgres_orders, postgres_security};
 use crate::changefeed::{ChangeFeed, ChangeSubscription, NOTIFY_CHANNEL, PgChangeListener};
 use crate::labels::{LabelPage, LabelQuery};
+use crate::pickup::token::PickupSigningKey;
 use crate::pickup::{
     CancelReceipt, NewOrder, OrderFilter, OrderReceipt, OrderSummary, OrderView, WebhookDelivery,
 };
@@ -1127,6 +1128,19 @@ impl HubStorage for PgStorage {
 
     async fn pickup_key(&self) -> Result<Option<PickupKey>, StorageError> {
         postgres_orders::pickup_key(&self.client().await?).await
+    }
+
+    async fn pickup_signing_key(&self, now: UtcMillis) -> Result<PickupSigningKey, StorageError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let (key, woken) = postgres_orders::signing_key(&tx, now).await?;
+        tx.commit().await?;
+        for store in &woken {
+            if let Ok(store) = StoreId::parse(store) {
+                self.feed.wake(&store);
+            }
+        }
+        Ok(key)
     }
 
     async fn webhook_secret(&self) -> Result<String, StorageError> {

@@ -27,7 +27,7 @@ use crate::pickup::machine::{
     CancelPlan, Effect, OrderState, StateLine, StockEffect, cancel_plan, on_hq_cancel,
     on_hub_expiry, on_store_event,
 };
-use crate::pickup::token::{self, SEAL_KEY_SECRET, WEBHOOK_SECRET};
+use crate::pickup::token::{self, PickupSigningKey, SEAL_KEY_SECRET, WEBHOOK_SECRET};
 use crate::pickup::{
     CancelReceipt, Cancellation, Conflict, ConflictKind, HistoryEntry, NewOrder, Notification,
     OrderFilter, OrderLine, OrderReceipt, OrderStatus, OrderSummary, OrderView, PlacedOrder,
@@ -845,6 +845,27 @@ pub(super) async fn pickup_key<C: GenericClient>(c: &C) -> Result<Option<PickupK
         key_id: k.key_id,
         public_key: k.public_key,
     }))
+}
+
+/// The current signing key, generated (and sent to every store) when there is none yet. Takes
+/// `CHANGEFEED_LOCK` only to generate it, so two hubs cannot both generate one; the caller
+/// commits `tx` and rings the stores named.
+pub(super) async fn signing_key<C: GenericClient>(
+    tx: &C,
+    now: UtcMillis,
+) -> Result<(PickupSigningKey, Vec<String>), StorageError> {
+    let mut woken = Vec::new();
+    let key = match current_key(tx).await? {
+        Some(k) => k,
+        None => {
+            lock_changefeed(tx).await?;
+            let key = ensure_key(tx, now, &mut woken).await?;
+            let stores: Vec<&str> = woken.iter().map(String::as_str).collect();
+            notify_stores(tx, &stores).await?;
+            key
+        }
+    };
+    Ok((PickupSigningKey::from_seed(key.key_id, &key.seed)?, woken))
 }
 
 pub(super) async fn claim_webhooks<C: GenericClient>(

@@ -30,6 +30,7 @@ use super::{
 use super::{sqlite_labels, sqlite_orders, sqlite_security};
 use crate::changefeed::{ChangeFeed, ChangeSubscription};
 use crate::labels::{LabelPage, LabelQuery};
+use crate::pickup::token::PickupSigningKey;
 use crate::pickup::{
     CancelReceipt, NewOrder, OrderFilter, OrderReceipt, OrderSummary, OrderView, WebhookDelivery,
 };
@@ -1195,6 +1196,16 @@ impl HubStorage for SqliteStorage {
 
     async fn pickup_key(&self) -> Result<Option<PickupKey>, StorageError> {
         self.read(sqlite_orders::pickup_key).await
+    }
+
+    async fn pickup_signing_key(&self, now: UtcMillis) -> Result<PickupSigningKey, StorageError> {
+        let (key, woken) = self
+            .write(move |conn| sqlite_orders::signing_key(conn, now))
+            .await?;
+        for store in &woken {
+            self.feed.wake(store);
+        }
+        Ok(key)
     }
 
     async fn webhook_secret(&self) -> Result<String, StorageError> {

@@ -17,7 +17,7 @@ use crate::pickup::machine::{
     CancelPlan, Effect, OrderState, StateLine, StockEffect, cancel_plan, on_hq_cancel,
     on_hub_expiry, on_store_event,
 };
-use crate::pickup::token::{self, SEAL_KEY_SECRET, WEBHOOK_SECRET};
+use crate::pickup::token::{self, PickupSigningKey, SEAL_KEY_SECRET, WEBHOOK_SECRET};
 use crate::pickup::{
     CancelReceipt, Cancellation, Conflict, ConflictKind, HistoryEntry, NewOrder, Notification,
     OrderFilter, OrderLine, OrderReceipt, OrderStatus, OrderSummary, OrderView, PlacedOrder,
@@ -916,6 +916,18 @@ pub(super) fn pickup_key(conn: &mut Connection) -> Result<Option<PickupKey>, Sto
         key_id: k.key_id,
         public_key: k.public_key,
     }))
+}
+
+/// The current signing key, generated (and sent to every store) when there is none yet.
+pub(super) fn signing_key(
+    conn: &mut Connection,
+    now: UtcMillis,
+) -> Result<(PickupSigningKey, Vec<StoreId>), StorageError> {
+    let tx = immediate(conn)?;
+    let mut woken = Vec::new();
+    let key = ensure_key(&tx, now, &mut woken)?;
+    tx.commit()?;
+    Ok((PickupSigningKey::from_seed(key.key_id, &key.seed)?, woken))
 }
 
 /// Whether any undelivered webhook is due at `now`.
