@@ -25,6 +25,10 @@ const RECEIPT_HTML: &str = include_str!("../../assets/receipt.html");
 /// Largest terminal script body.
 const MAX_SCRIPT_BYTES: usize = 4096;
 
+/// Largest WebSocket message a screen may send before the connection is dropped (requests
+/// above [`MAX_REQUEST_BYTES`] and up to this are answered with an error event).
+const MAX_WS_MESSAGE_BYTES: usize = 16 * MAX_REQUEST_BYTES;
+
 fn lane<'a>(st: &'a AppState, id: &str) -> Result<&'a LaneHandle, ApiError> {
     st.lanes.lane(id).ok_or_else(|| {
         let shown: String = id.chars().take(20).collect();
@@ -65,9 +69,11 @@ pub(super) async fn ws(
         Ok(h) => h.clone(),
         Err(e) => return e.into_response(),
     };
+    // The WebSocket layer's own limit is above a request's, so an oversized request gets the
+    // plain-words error from `LaneRequest::parse` instead of the connection being dropped.
     upgrade
-        .max_message_size(MAX_REQUEST_BYTES)
-        .max_frame_size(MAX_REQUEST_BYTES)
+        .max_message_size(MAX_WS_MESSAGE_BYTES)
+        .max_frame_size(MAX_WS_MESSAGE_BYTES)
         .on_upgrade(move |socket| screen(socket, handle))
 }
 
@@ -130,11 +136,12 @@ async fn screen(mut socket: WebSocket, lane: LaneHandle) {
 
 /// `POST /v1/lanes/{lane}/terminal`: one behaviour per line for the simulated terminal's next
 /// payments (`approve`, `approve-offline`, `decline REASON`, `unavailable REASON`, `hang MS`).
+/// Answers with every charge the terminal has made (an empty body just asks).
 pub(super) async fn terminal(
     State(st): State<AppState>,
     Path(id): Path<String>,
     body: String,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     let handle = lane(&st, &id)?;
     if body.len() > MAX_SCRIPT_BYTES {
         return Err(ApiError::unprocessable(format!(
@@ -160,7 +167,21 @@ pub(super) async fn terminal(
             )
         })?;
     match rx.await {
-        Ok(Ok(())) => Ok(StatusCode::NO_CONTENT),
+        Ok(Ok(charges)) => {
+            let charges: Vec<serde_json::Value> = charges
+                .iter()
+                .map(|c| {
+                    json!({
+                        "sale_ref": c.approval.sale_ref,
+                        "amount": c.approval.amount,
+                        "auth_code": c.approval.auth_code,
+                        "offline": c.approval.offline,
+                        "reversed": c.reversed,
+                    })
+                })
+                .collect();
+            Ok(Json(json!({ "charges": charges })))
+        }
         Ok(Err(e)) => Err(ApiError::unprocessable(e)),
         Err(_) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -72,9 +72,10 @@ pub enum LaneCommand {
         action: AttendantAction,
     },
     /// Scripts the simulated terminal (demo and tests): `approve`, `decline REASON`, `hang MS`…
+    /// The reply is every charge the terminal has made so far.
     TerminalScript {
         lines: Vec<String>,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<Vec<aisle_drivers::payment::Charge>, String>>,
     },
     Weighed(Result<i64, String>),
     PaymentDone {
@@ -448,7 +449,10 @@ impl Runner {
                         .iter()
                         .map(|l| l.parse::<Behaviour>())
                         .collect::<Result<Vec<_>, _>>()
-                        .map(|b| sim.script(b)),
+                        .map(|b| {
+                            sim.script(b);
+                            sim.charges()
+                        }),
                 };
                 let _ = reply.send(out);
             }

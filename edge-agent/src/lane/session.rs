@@ -298,12 +298,20 @@ impl LaneSession {
                 "A basket may have at most {MAX_SALE_LINES} lines; pay for these first."
             ));
         }
+        // The price charged: a pre-priced barcode's own (its layout's currency), else the item's.
+        let charged = item.embedded_price.unwrap_or(item.unit_price);
         if let Some(t) = self.total()
-            && t.currency != item.unit_price.currency
+            && t.currency != charged.currency
         {
             return refuse(format!(
                 "{} is priced in {}, the basket in {}: an attendant must help.",
-                item.name, item.unit_price.currency, t.currency
+                item.name, charged.currency, t.currency
+            ));
+        }
+        if charged.currency != item.unit_price.currency {
+            return refuse(format!(
+                "The barcode on {} carries a price in {}, the item is priced in {}: an attendant must help.",
+                item.name, charged.currency, item.unit_price.currency
             ));
         }
         let variable = item.weight_g.is_some() || item.embedded_price.is_some();

@@ -194,3 +194,20 @@ fn quantities_are_bounded_and_variable_lines_fixed() {
     other.unit_price = Money::new(100, Currency::parse("EUR").unwrap());
     assert!(s.add(other).is_err(), "one currency per basket");
 }
+
+#[test]
+fn a_barcode_price_in_another_currency_is_refused_not_left_out_of_the_total() {
+    let mut s = session();
+    s.add(item(1, 250, ItemRules::default())).unwrap();
+    // The store prices in CNY; a pre-priced pack whose barcode layout says GBP.
+    let mut pack = item(2, 999, ItemRules::default());
+    pack.embedded_price = Some(Money::new(456, Currency::parse("GBP").unwrap()));
+    let e = s.add(pack.clone()).unwrap_err().to_string();
+    assert!(e.contains("GBP") && e.contains("attendant"), "{e}");
+    assert_eq!(s.lines().len(), 1);
+    assert_eq!(s.total(), Some(Money::new(250, cny())));
+    // Not as the first line either: the basket would be in GBP and drop CNY lines.
+    let mut s = session();
+    assert!(s.add(pack).is_err());
+    assert!(s.lines().is_empty());
+}
