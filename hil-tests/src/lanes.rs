@@ -68,7 +68,7 @@ pub struct LaneRig {
     pub scale: ScaleSim,
     pub printer: PrinterSim,
     /// Receipts the printer printed.
-    pub printed: Receiver<Printed>,
+    pub printed: std::sync::Mutex<Receiver<Printed>>,
 }
 
 impl std::fmt::Debug for LaneRig {
@@ -89,7 +89,7 @@ impl LaneRig {
             scanner,
             scale,
             printer,
-            printed,
+            printed: std::sync::Mutex::new(printed),
         })
     }
 
@@ -111,7 +111,11 @@ impl LaneRig {
 
     /// The next printed receipt's bytes.
     pub fn receipt(&self, timeout: Duration) -> Result<Vec<u8>> {
-        match self.printed.recv_timeout(timeout) {
+        let printed = self
+            .printed
+            .lock()
+            .map_err(|_| anyhow!("printer receiver poisoned"))?;
+        match printed.recv_timeout(timeout) {
             Ok(Printed::Receipt(b)) => Ok(b),
             Ok(Printed::Overlong(n)) => bail!("the printer got {n} bytes without a cut"),
             Err(_) => bail!("no receipt printed within {timeout:?}"),

@@ -136,27 +136,27 @@ impl Default for LaneHistogram {
 impl LaneMetrics {
     pub fn register(&self, r: &mut Registry) {
         r.register(
-            "aisle_lane_scans",
+            "lane_scans",
             "Scans priced onto a lane's basket",
             self.scans.clone(),
         );
         r.register(
-            "aisle_lane_scans_refused",
+            "lane_scans_refused",
             "Scans a lane refused, by reason",
             self.refused.clone(),
         );
         r.register(
-            "aisle_lane_sales",
+            "lane_sales",
             "Sales committed at a lane",
             self.sales.clone(),
         );
         r.register(
-            "aisle_lane_mqtt_refused",
+            "lane_mqtt_refused",
             "MQTT lane commands dropped, by reason",
             self.mqtt_refused.clone(),
         );
         r.register(
-            "aisle_lane_scan_to_price_seconds",
+            "lane_scan_to_price_seconds",
             "From a scan reaching the lane to its priced line published",
             self.scan_to_price.0.clone(),
         );

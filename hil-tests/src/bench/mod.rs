@@ -17,6 +17,7 @@ pub mod ledger_append;
 pub mod reconnect;
 pub mod redeem;
 pub mod rss;
+pub mod scan_to_price;
 
 /// One benchmark's figures and the rows it shows in the table.
 #[derive(Debug, Default)]

@@ -18,13 +18,14 @@ const ALL: &[&str] = &[
     "esl_bytes",
     "auth_overhead",
     "esl_store_relabel",
+    "scan_to_price",
 ];
 
 #[derive(Parser, Debug)]
 #[command(about = "Aisle benchmarks, each beside its baseline measured in the same run")]
 struct Args {
     /// Benchmarks to run (default: all): ledger_append, catch_up, agent_rss, reconnect,
-    /// footfall_ingest, redeem, esl_bytes, auth_overhead, esl_store_relabel.
+    /// footfall_ingest, redeem, esl_bytes, auth_overhead, esl_store_relabel, scan_to_price.
     names: Vec<String>,
     /// Where report.json and report.md go.
     #[arg(long, default_value = "target/bench")]
@@ -56,6 +57,9 @@ struct Args {
     /// Bound shelf labels in esl_store_relabel.
     #[arg(long, default_value_t = 30_000)]
     labels: usize,
+    /// Seconds the 8 lanes scan in scan_to_price.
+    #[arg(long, default_value_t = 30)]
+    lane_seconds: u64,
 }
 
 #[tokio::main]
@@ -92,6 +96,7 @@ async fn main() -> Result<()> {
                 r
             }
             "esl_store_relabel" => bench::esl_store_relabel::run(args.labels).await?,
+            "scan_to_price" => bench::scan_to_price::run(args.lane_seconds).await?,
             other => bail!("unknown benchmark {other}"),
         };
         results.insert(name.clone(), r);
