@@ -12,6 +12,9 @@ use aisle_hil::camera_sim::{
 use aisle_hil::esl_sim::{EslSim, EslSimConfig, png_path};
 use aisle_hil::footfall::{self, CameraEntry, FootfallSection, rfc3339};
 use aisle_hil::harness::{AgentProcess, AgentSetup, HQ_TOKEN, HubProcess, StoreApi, gtin};
+use aisle_hil::lanes::{
+    ItemRule, LaneRig, LaneScreen, checkout_section, ean13_of, weighed_barcode, weighed_item_gtin,
+};
 use aisle_hil::mqtt;
 use aisle_hil::pickup::{self, HqOrders, PickupCounter, WebhookReceiver};
 use aisle_hil::proxy::FaultProxy;
@@ -83,6 +86,39 @@ struct Demo {
     shelf: EslSim,
     /// Where the simulator writes `<LABEL>.png`, each tag's screen after every refresh.
     screens: PathBuf,
+    /// Two self-checkout lanes, each with a scanner, a bagging scale and a receipt printer on
+    /// pseudo-terminals.
+    lanes: [LaneRig; 2],
+}
+
+/// The deli's loose apples, sold by weight (prefix-21 labels from the deli scale).
+const APPLES_ITEM: u32 = 1;
+const APPLES_PER_KG: i64 = 1_299;
+
+/// What a shopper's items weigh in the bagging area.
+fn lane_items() -> Vec<ItemRule> {
+    vec![
+        ItemRule {
+            gtin: gtin(1),
+            age_min: None,
+            weight_g: Some(262),
+        },
+        ItemRule {
+            gtin: gtin(2),
+            age_min: None,
+            weight_g: Some(1_040),
+        },
+    ]
+}
+
+/// HQ prices the apples per kg.
+fn apples_batch() -> serde_json::Value {
+    json!({ "stores": [STORE], "prices": [{
+        "gtin": weighed_item_gtin(APPLES_ITEM),
+        "price": format!("{}.{:02}", APPLES_PER_KG / 100, APPLES_PER_KG % 100),
+        "currency": "CNY",
+        "name": "Fuji apples (per kg)",
+    }]})
 }
 
 /// The two entrance cameras: nobody walks past unless told in the smoke tour; a steady trickle
@@ -161,6 +197,14 @@ async fn start(dir: &PathBuf, smoke: bool) -> Result<Demo> {
         seed: now_ms() as u64,
         ..EslSimConfig::new(FIRST_LABEL, SHELF_LABELS)
     })?;
+    let lanes = [LaneRig::start("1")?, LaneRig::start("2")?];
+    let checkout = checkout_section(
+        &dir.join("checkout"),
+        &[&lanes[0], &lanes[1]],
+        &[],
+        &lane_items(),
+        "",
+    )?;
     let agent = AgentProcess::start(AgentSetup {
         store: STORE.into(),
         hub_url: proxy.url(),
@@ -168,7 +212,7 @@ async fn start(dir: &PathBuf, smoke: bool) -> Result<Demo> {
         data_dir: dir.join("gateway"),
         clock_offset_ms: 0,
         extra_config: format!(
-            "{}\n{}\n[labels]\naccess_point = \"{}\"\nretry_base_ms = 400\nretry_cap_ms = 2000\n",
+            "{}\n{}\n[labels]\naccess_point = \"{}\"\nretry_base_ms = 400\nretry_cap_ms = 2000\n\n{checkout}",
             section.toml(),
             pickup::pickup_section(&[(STAFF, STAFF_PIN)])?,
             shelf.path()
@@ -196,7 +240,113 @@ async fn start(dir: &PathBuf, smoke: bool) -> Result<Demo> {
         oms,
         shelf,
         screens,
+        lanes,
     })
+}
+
+/// The self-checkout tour: with the WAN down, a shopper at lane 1 scans a packet of tea on the
+/// scanner and a bag of apples weighed at the deli, bags them, pays by card; the receipt prints
+/// and its link opens. Lane 2 meets an unknown item. The WAN comes back and HQ holds the sale
+/// once, weighed line and all.
+async fn lane_tour(d: &Demo) -> Result<()> {
+    d.hq.post_batch(&apples_batch()).await?;
+    d.store
+        .wait_price(&weighed_item_gtin(APPLES_ITEM), APPLES_PER_KG, WAIT)
+        .await?;
+    let tea = d
+        .store
+        .price(&gtin(1))
+        .await?
+        .and_then(|p| p["price"]["minor"].as_i64())
+        .context("the tea's price at the store")?;
+    let mut one = LaneScreen::connect(&d.agent.url(), "1").await?;
+    let mut two = LaneScreen::connect(&d.agent.url(), "2").await?;
+    ok("two self-checkout lanes are up (scanner, bagging scale and printer each)");
+    d.proxy.link_down();
+    ok("the store's WAN is down again");
+    let lane = &d.lanes[0];
+    lane.scan(&ean13_of(&gtin(1)))?;
+    let u = one.until(&["line_added"], WAIT).await?;
+    if u["event"]["line"]["line_total"]["minor"] != tea {
+        bail!("lane 1 priced the tea wrongly: {}", u["event"]);
+    }
+    lane.bag_holds(262)?;
+    let apples_g = 1_234;
+    lane.scan(&weighed_barcode(APPLES_ITEM, apples_g))?;
+    let u = one.until(&["line_added"], WAIT).await?;
+    let apples = (APPLES_PER_KG * i64::from(apples_g) + 500) / 1000;
+    if u["event"]["line"]["line_total"]["minor"] != apples {
+        bail!("lane 1 priced the apples wrongly: {}", u["event"]);
+    }
+    ok(&format!(
+        "lane 1 scanned the tea ({}) and 1.234 kg of apples at 12.99/kg ({})",
+        u["view"]["lines"][0]["line_total_decimal"]
+            .as_str()
+            .unwrap_or("?"),
+        u["event"]["line"]["line_total_decimal"]
+            .as_str()
+            .unwrap_or("?")
+    ));
+    lane.bag_holds(262 + apples_g)?;
+    let deadline = Instant::now() + WAIT;
+    while one.view["can_pay"] != true {
+        if Instant::now() > deadline {
+            bail!("the bagging area never matched the basket: {}", one.view);
+        }
+        one.next(WAIT).await?;
+    }
+    ok("the bagging scale weighs what the basket should");
+    one.send(json!({"type": "pay"})).await?;
+    let u = one.until(&["sale_committed"], WAIT).await?;
+    let sale_id = u["event"]["sale_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    if u["event"]["total"]["minor"] != tea + apples {
+        bail!("lane 1 charged the wrong total: {}", u["event"]);
+    }
+    ok(&format!(
+        "paid by card with the WAN down: sale {sale_id}, {} CNY, committed before the receipt",
+        u["view"]["total_decimal"].as_str().unwrap_or("?")
+    ));
+    let receipt = lane.receipt(WAIT)?;
+    if !String::from_utf8_lossy(&receipt).contains(&sale_id) {
+        bail!("the printed receipt does not name sale {sale_id}");
+    }
+    let link = u["event"]["receipt_url"].as_str().unwrap_or_default();
+    let r = reqwest::get(link.replacen("/receipts/", "/v1/receipts/", 1)).await?;
+    if !r.status().is_success() {
+        bail!("the digital receipt link does not open: {}", r.status());
+    }
+    ok(&format!(
+        "the ESC/POS receipt printed ({} bytes) and the digital receipt opens at {link}",
+        receipt.len()
+    ));
+    d.lanes[1].scan(&ean13_of(&gtin(99)))?;
+    let u = two.until(&["unknown_item"], WAIT).await?;
+    ok(&format!(
+        "lane 2 says what an unknown item is: \"{}\"",
+        u["event"]["message"].as_str().unwrap_or("?")
+    ));
+    d.proxy.link_up();
+    d.store.wait_drained(WAIT).await?;
+    let sales = d.hq.sales(STORE).await?;
+    let ours: Vec<_> = sales.iter().filter(|s| s["sale_id"] == sale_id).collect();
+    if ours.len() != 1 {
+        bail!(
+            "HQ should hold lane 1's sale once, holds it {} times",
+            ours.len()
+        );
+    }
+    let weighed = ours[0]["lines"]
+        .as_array()
+        .and_then(|l| l.iter().find(|l| l["weight_g"] == apples_g))
+        .is_some();
+    if !weighed {
+        bail!("HQ's copy of the sale lost the weighed line: {}", ours[0]);
+    }
+    ok("the WAN is back: HQ holds lane 1's sale exactly once, with the apples' weight");
+    Ok(())
 }
 
 /// Waits until the agent has heard both cameras (a camera's first running total is only where
@@ -706,6 +856,7 @@ async fn smoke(d: &mut Demo) -> Result<()> {
     ));
     click_and_collect(d).await?;
     shelf_tour(d).await?;
+    lane_tour(d).await?;
     d.agent.verify_ledger()?;
     ok("the gateway ledger verifies (hash chain and replayed state)");
     println!("smoke: all steps passed");
@@ -728,6 +879,23 @@ fn stdin_lines() -> mpsc::Receiver<String> {
 
 async fn camera_command(d: &Demo, line: &str) -> Result<()> {
     let (who, rest) = line.trim().split_once(' ').unwrap_or((line.trim(), ""));
+    if let Some(n) = who.strip_prefix("lane") {
+        let lane = match n {
+            "1" => &d.lanes[0],
+            "2" => &d.lanes[1],
+            _ => bail!("no lane {n:?}: lane1 or lane2"),
+        };
+        let (verb, arg) = rest.trim().split_once(' ').unwrap_or((rest.trim(), ""));
+        return match verb {
+            "scan" if !arg.trim().is_empty() => lane.scan(arg.trim()),
+            "apples" => {
+                let g: u32 = arg.trim().parse().context("apples GRAMS")?;
+                lane.scan(&weighed_barcode(APPLES_ITEM, g))
+            }
+            "bag" => lane.bag_holds(arg.trim().parse().context("bag GRAMS")?),
+            _ => bail!("lane commands: scan EAN13 | apples GRAMS | bag GRAMS"),
+        };
+    }
     let cam = match who {
         "north" => &d.north,
         "south" => &d.south,
@@ -756,6 +924,7 @@ async fn main() -> Result<()> {
     // The catalogue after the stocking (which prices its items at 3.50 as "Item <gtin>"), so
     // the shelf labels show the catalogue's names and prices.
     demo.hq.post_batch(&catalogue()).await?;
+    demo.hq.post_batch(&apples_batch()).await?;
     bind_shelf(&demo).await?;
     let placed = hq
         .place(&pickup::order(
@@ -799,6 +968,12 @@ async fn main() -> Result<()> {
          Change a price at HQ and watch the tag's PNG change:\n  \
          curl -X POST -H 'authorization: Bearer {HQ_TOKEN}' -H 'content-type: application/json' {hub}/v1/price-batches \\\n       \
          -d '{{\"stores\":[\"S001\"],\"prices\":[{{\"gtin\":\"{g1}\",\"price\":\"9.90\",\"currency\":\"CNY\",\"name\":\"Oolong tea 250 g\"}}]}}'\n\n\
+         Self-checkout (two lanes; scanner, bagging scale and printer of each on a pseudo-terminal;\n\
+         the simulated card terminal approves; attendant: {STAFF}, PIN {STAFF_PIN}):\n  \
+         Lane screens  {agent}/lane/1   {agent}/lane/2\n  \
+         Type on a screen: {e1} (tea) or {apples} (1.234 kg of apples), then Pay.\n  \
+         Or here: lane1 scan {e1} | lane1 apples 850 | lane1 bag 1100\n  \
+         curl {agent}/v1/lanes\n\n\
          Type camera commands here: north walk 5 | south walk 3 | north silence 30 | south reset |\n\
          north dup | south skew 60000\n\n\
          Press Ctrl-C to stop.",
@@ -816,6 +991,8 @@ async fn main() -> Result<()> {
         ln = shelf_label(SHELF_LABELS - 1),
         pty = demo.shelf.path(),
         screens = demo.screens.display(),
+        e1 = ean13_of(&gtin(1)),
+        apples = weighed_barcode(APPLES_ITEM, 1_234),
     );
     let mut lines = stdin_lines();
     let mut stdin_open = true;
