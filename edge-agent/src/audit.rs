@@ -31,6 +31,16 @@ pub mod action {
     pub const SIGN_IN_REFUSED_ROLE: &str = "sign_in_refused_role";
     /// The reset button was held at boot: the enrolment was set aside.
     pub const GATEWAY_RESET: &str = "gateway_reset";
+    /// An attendant approved a lane's alerts (age check, bagging weight, device).
+    pub const LANE_OVERRIDE: &str = "lane_override";
+    /// A manager voided a line at a lane.
+    pub const LANE_VOID: &str = "lane_void";
+    /// A manager settled an undecided payment at a lane.
+    pub const LANE_PAYMENT_RECOVER: &str = "lane_payment_recover";
+    /// An attendant cancelled a lane's visit.
+    pub const LANE_CANCEL: &str = "lane_cancel";
+    /// A wrong PIN at a lane, or a right one whose role may not do what was asked.
+    pub const LANE_PIN_REFUSED: &str = "lane_pin_refused";
 }
 
 /// One line of the log.

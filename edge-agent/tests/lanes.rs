@@ -574,6 +574,31 @@ async fn an_age_check_blocks_pay_until_an_attendant_approves_and_voids_take_a_ma
     assert_eq!(u["view"]["can_pay"], true);
     let committed = a.pay("sale_committed").await;
     assert_eq!(minor(&committed["event"]["total"]), 1_200);
+    // Every attendant action and refused PIN is in the gateway's audit log (written off the
+    // runtime, so give it a moment).
+    let wanted = [
+        ("device:lane-1", "lane_pin_refused"),
+        ("staff:Ana", "lane_override"),
+        ("staff:Ana", "lane_pin_refused"),
+        ("staff:Mia", "lane_void"),
+    ];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let entries = aisle_agent::audit::list(s._dir.path()).unwrap();
+        let found = |(actor, action): &(&str, &str)| {
+            entries
+                .iter()
+                .any(|e| e.actor == *actor && e.action == *action && e.subject.contains("lane 1"))
+        };
+        if wanted.iter().all(found) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "audit log lacks a lane action: {entries:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     s.agent.shutdown().await;
 }
 

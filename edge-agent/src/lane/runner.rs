@@ -36,7 +36,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use super::session::{LaneSession, Phase, PricedItem};
 use super::{Checkout, LaneHandle, LaneSettings, receipt};
-use crate::audit::AuditLog;
+use crate::audit::{AuditLog, action};
 use crate::clock::HubTime;
 use crate::config::{StaffConfig, StaffRole};
 use crate::ledger::{Ledger, SaleRejection};
@@ -426,7 +426,7 @@ impl Runner {
                 match self.session.void(line_no) {
                     Ok(l) => {
                         let subject = format!("lane {} line {} {}", self.id, line_no, l.gtin);
-                        self.audit(&who, "lane_void", &subject);
+                        self.audit(&staff_actor(&who), action::LANE_VOID, &subject);
                         self.publish(json!({"kind": "line_voided", "line_no": line_no, "by": who}));
                         self.weigh();
                     }
@@ -656,7 +656,7 @@ impl Runner {
                 };
                 if !allowed {
                     let subject = format!("lane {} ({})", self.id, role.as_str());
-                    self.audit(&w, "lane_override_refused", &subject);
+                    self.audit(&staff_actor(&w), action::LANE_PIN_REFUSED, &subject);
                     self.say(
                         "attendant_refused",
                         if manager {
@@ -672,7 +672,11 @@ impl Runner {
             None => {
                 self.pin_failures += 1;
                 let subject = format!("lane {}", self.id);
-                self.audit("unknown", "lane_pin_refused", &subject);
+                self.audit(
+                    &format!("device:lane-{}", self.id),
+                    action::LANE_PIN_REFUSED,
+                    &subject,
+                );
                 if self.pin_failures >= PIN_TRIES {
                     self.pins_locked_until = Some(Instant::now() + PIN_LOCKOUT);
                 }
@@ -689,7 +693,11 @@ impl Runner {
                 let approved = self.session.approve(&who);
                 for a in &approved {
                     let what = serde_json::to_string(a).unwrap_or_default();
-                    self.audit(&who, "lane_override", &format!("{subject} {what}"));
+                    self.audit(
+                        &staff_actor(&who),
+                        action::LANE_OVERRIDE,
+                        &format!("{subject} {what}"),
+                    );
                 }
                 self.publish(json!({"kind": "approved", "by": who, "alerts": approved}));
             }
@@ -700,8 +708,8 @@ impl Runner {
                     return self.say("refused", "There is no payment to recover.");
                 };
                 self.audit(
-                    &who,
-                    "lane_payment_recover",
+                    &staff_actor(&who),
+                    action::LANE_PAYMENT_RECOVER,
                     &format!("{subject} {sale_id}:{attempt}"),
                 );
                 self.say(
@@ -724,7 +732,7 @@ impl Runner {
             AttendantAction::Cancel => match self.session.cancel() {
                 Ok(()) => {
                     self.sale_id = None;
-                    self.audit(&who, "lane_cancel", &subject);
+                    self.audit(&staff_actor(&who), action::LANE_CANCEL, &subject);
                     self.publish(json!({"kind": "cancelled", "by": who}));
                 }
                 Err(e) => self.say("refused", e.to_string()),
@@ -996,4 +1004,9 @@ fn capitalise(s: &str) -> String {
 /// Resolves once `rx` says stop (and holds no borrow of the value across awaits).
 async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
+}
+
+/// The audit log's actor for a staff member.
+fn staff_actor(name: &str) -> String {
+    format!("staff:{name}")
 }
