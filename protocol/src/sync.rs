@@ -326,6 +326,12 @@ impl SaleLine {
         })
     }
 
+    /// How much the line takes off the store's stock: its quantity, or for a weighed line its
+    /// grams (a product sold by weight is stocked in grams).
+    pub fn stock_delta(&self) -> i64 {
+        -i64::from(self.weight_g.unwrap_or(self.qty))
+    }
+
     /// What the line costs before any discount (None on overflow).
     pub fn gross(&self) -> Option<i64> {
         match self.weight_g {
@@ -583,6 +589,12 @@ mod tests {
         s.lines[0].line_total = Money::new(1523, cny);
         s.total = Money::new(1523, cny);
         assert_eq!(s.validate(), Ok(()));
+        assert_eq!(
+            s.lines[0].stock_delta(),
+            -1234,
+            "sold by weight, stocked in grams"
+        );
+        assert_eq!(sale().lines[0].stock_delta(), -3);
         // The JSON keeps the new fields only when set, so old lines read the same.
         let json = serde_json::to_string(&sale()).unwrap();
         assert!(

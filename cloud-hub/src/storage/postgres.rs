@@ -1426,7 +1426,7 @@ async fn store_sales(
         for (i, line) in sale.lines.iter().enumerate() {
             keys.push(sale_delta_key(&ev.id, i + 1));
             gtins.push(line.gtin.as_str());
-            deltas.push(-i64::from(line.qty));
+            deltas.push(line.stock_delta());
         }
     }
     if !keys.is_empty() {

@@ -584,7 +584,7 @@ fn ingest(
                                 sale_delta_key(&ev.id, i + 1),
                                 store,
                                 line.gtin.as_str(),
-                                -i64::from(line.qty),
+                                line.stock_delta(),
                                 received_at.0
                             ])?;
                         }

@@ -296,7 +296,7 @@ pub fn apply(
                 )));
             }
             for line in &rec.lines {
-                add_stock(conn, &line.gtin, -i64::from(line.qty))?;
+                add_stock(conn, &line.gtin, line.stock_delta())?;
             }
             if rec.payment.offline {
                 conn.execute(
