@@ -37,6 +37,11 @@ pub mod action {
     pub const LANE_VOID: &str = "lane_void";
     /// A manager settled an undecided payment at a lane.
     pub const LANE_PAYMENT_RECOVER: &str = "lane_payment_recover";
+    /// A lane voided a payment it could not keep (abandoned, late, or from before a restart)
+    /// at its terminal, with the terminal's answer.
+    pub const LANE_PAYMENT_VOIDED: &str = "lane_payment_voided";
+    /// A lane reversed an approval it could not commit (sale refused, offline cap, partial).
+    pub const LANE_PAYMENT_REVERSED: &str = "lane_payment_reversed";
     /// An attendant cancelled a lane's visit.
     pub const LANE_CANCEL: &str = "lane_cancel";
     /// A wrong PIN at a lane, or a right one whose role may not do what was asked.

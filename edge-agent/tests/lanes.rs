@@ -777,9 +777,10 @@ async fn a_hung_terminal_freezes_the_lane_until_a_manager_recovers_and_charges_o
     );
     let u = a.scan(&gtin(RICE).to_string(), "refused").await;
     assert_eq!(lines(&u).len(), 1);
+    // Abandoning an undecided payment is a manager's.
     a.ask(
         json!({"type": "attendant", "pin": STAFF_PIN, "action": "cancel"}),
-        "refused",
+        "attendant_refused",
     )
     .await;
     let u = a
@@ -990,5 +991,82 @@ async fn a_member_card_gives_its_discount_and_a_forged_one_is_refused() {
     assert_eq!(sale.record.total.minor, 765);
     assert_eq!(sale.record.lines[0].discount, Some(Money::new(35, gbp())));
     assert_eq!(sale.record.lines[1].line_total.minor, 450);
+    s.agent.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_payment_is_voided_when_the_terminal_answers_and_never_recovered_early() {
+    let s = start().await;
+    let mut a = s.screen("1").await;
+    a.scan(&gtin(TEA).to_string(), "line_added").await;
+    // The terminal answers after 3 s and approves; the lane gives up after 1 s.
+    s.terminal("1", "hang 3000").await;
+    let before = a.ask(json!({"type": "pay"}), "payment_started").await;
+    assert_eq!(before["event"]["attempt"], 1);
+    // While the terminal still works normally, recovery is refused: its answer decides.
+    let u = a
+        .ask(
+            json!({"type": "attendant", "pin": MANAGER_PIN, "action": "recover"}),
+            "refused",
+        )
+        .await;
+    assert!(
+        u["event"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("still working"),
+        "{u}"
+    );
+    a.until("payment_unresolved", &[]).await;
+    // A manager ends the visit with the payment undecided.
+    let u = a
+        .ask(
+            json!({"type": "attendant", "pin": MANAGER_PIN, "action": "cancel"}),
+            "cancelled",
+        )
+        .await;
+    let abandoned = u["event"]["abandoned_payment"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(u["view"]["phase"], "idle");
+    // The lane goes on at once.
+    a.scan(&gtin(RICE).to_string(), "line_added").await;
+    assert_eq!(s.sales_committed(), 0);
+    // The terminal approves late; the lane voids that charge at the terminal on its own.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let charges = s.terminal("1", "").await;
+        if charges
+            .iter()
+            .any(|c| c["sale_ref"] == abandoned.as_str() && c["reversed"] == true)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the abandoned charge was never voided: {charges:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(s.sales_committed(), 0);
+    let pending = std::fs::read_to_string(s._dir.path().join("lanes/1.pending.json")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut pending = pending;
+    while pending.contains(&abandoned) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still pending: {pending}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        pending = std::fs::read_to_string(s._dir.path().join("lanes/1.pending.json")).unwrap();
+    }
+    let audit = aisle_agent::audit::list(s._dir.path()).unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.action == "lane_payment_voided" && e.subject.contains(&abandoned)),
+        "{audit:?}"
+    );
     s.agent.shutdown().await;
 }

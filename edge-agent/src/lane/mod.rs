@@ -25,6 +25,7 @@ use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc, watch};
 
 pub mod mqtt;
+pub mod pending;
 pub mod receipt;
 pub mod runner;
 pub mod session;
@@ -411,6 +412,7 @@ pub fn start(
             .clone()
             .unwrap_or_else(|| format!("http://{}", ctx.listen)),
         metrics: metrics.clone(),
+        data_dir: ctx.data_dir.clone(),
     };
     let mut lanes = BTreeMap::new();
     let mut tasks = Vec::new();

@@ -86,6 +86,17 @@ pub enum LaneCommand {
         attempt: u32,
         result: Reversal,
     },
+    /// An unsettled attempt (abandoned, or from before a restart) was sent to the terminal
+    /// to be voided.
+    PendingVoided {
+        sale_ref: String,
+        result: Reversal,
+    },
+    /// A reversal the lane asked for on its own (a late approval) came back.
+    LateReversal {
+        sale_ref: String,
+        result: Reversal,
+    },
 }
 
 /// Where a typed scan came from.
@@ -105,7 +116,9 @@ pub enum AttendantAction {
     Approve,
     /// Settle an undecided payment: cancel it at the terminal, then back to shopping.
     Recover,
-    /// End the visit without a sale.
+    /// End the visit without a sale. With an undecided payment the terminal could not cancel
+    /// (a manager only), the attempt is left to the lane, which keeps voiding it at the
+    /// terminal until it answers.
     Cancel,
 }
 
@@ -184,6 +197,8 @@ pub struct LaneContext {
     /// Base of receipt links, e.g. `http://10.0.0.2:8080`.
     pub receipt_base: String,
     pub metrics: Arc<LaneMetrics>,
+    /// Where each lane keeps its unsettled payment attempts (`lanes/<lane>.pending.json`).
+    pub data_dir: std::path::PathBuf,
 }
 
 struct Devices {
@@ -276,7 +291,15 @@ pub fn spawn(
         latest,
     };
     let scan_config = ScanConfig::new(ctx.checkout.layouts.clone());
+    let (pending, warning) = super::pending::PendingPayments::open(&ctx.data_dir, &id)
+        .map_err(|e| format!("lane {id}: {e}"))?;
+    if let Some(w) = warning {
+        tracing::error!(lane = %id, "{w}");
+    }
     let runner = Runner {
+        pending,
+        voiding: false,
+        recovering: false,
         id,
         ctx,
         session,
@@ -297,6 +320,12 @@ pub fn spawn(
 }
 
 struct Runner {
+    /// Attempts handed to the terminal and not settled (on disk).
+    pending: super::pending::PendingPayments,
+    /// A void of unsettled attempts is with the terminal.
+    voiding: bool,
+    /// An attendant's recovery is with the terminal.
+    recovering: bool,
     id: String,
     ctx: LaneContext,
     session: LaneSession,
@@ -314,8 +343,10 @@ struct Runner {
     scale_failures: u32,
 }
 
-/// Distinguishes sale ids drawn in the same millisecond.
+/// Distinguishes sale ids drawn in the same millisecond in this process.
 static SALE_COUNTER: AtomicU64 = AtomicU64::new(0);
+/// How often unsettled payment attempts are sent to the terminal to be voided.
+const VOID_EVERY: Duration = Duration::from_secs(5);
 
 impl Runner {
     async fn run(
@@ -325,6 +356,8 @@ impl Runner {
     ) {
         let mut tick = tokio::time::interval(WEIGH_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut void_tick = tokio::time::interval(VOID_EVERY);
+        void_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 cmd = rx.recv() => match cmd {
@@ -336,6 +369,8 @@ impl Runner {
                         self.weigh();
                     }
                 }
+                // The first tick is at once: what a restart left unsettled is voided first.
+                _ = void_tick.tick() => self.void_unsettled().await,
                 () = stopped(&mut shutdown) => break,
             }
         }
@@ -437,6 +472,8 @@ impl Runner {
             LaneCommand::Pay => self.pay().await,
             LaneCommand::Attendant { pin, action } => {
                 let manager = action == AttendantAction::Recover;
+                let manager =
+                    manager || (action == AttendantAction::Cancel && self.session.payment_alert());
                 let Some(who) = self.attendant(&pin, manager).await else {
                     return;
                 };
@@ -478,23 +515,132 @@ impl Runner {
                 }
             }
             LaneCommand::PaymentDone { attempt, outcome } => self.paid(attempt, outcome).await,
-            LaneCommand::PaymentRecovered { attempt, result } => match result {
-                Reversal::Reversed | Reversal::NotCharged => {
-                    self.session.recover_payment();
-                    let message = if result == Reversal::Reversed {
-                        "The payment was voided at the card terminal; nothing was charged."
-                    } else {
-                        "Nothing was charged. The shopper may pay again."
-                    };
-                    self.publish(json!({"kind": "payment_recovered", "attempt": attempt, "message": message}));
+            LaneCommand::PaymentRecovered { attempt, result } => {
+                let sale_ref = self.sale_ref(attempt);
+                self.audit(
+                    &format!("device:lane-{}", self.id),
+                    action::LANE_PAYMENT_RECOVER,
+                    &format!("lane {} {sale_ref}: {result:?}", self.id),
+                );
+                if self.session.phase() != &(Phase::Paying { attempt }) {
+                    tracing::warn!(lane = %self.id, attempt, ?result, "recovery result for a settled attempt");
+                    return;
                 }
-                Reversal::Failed { reason } => {
-                    self.session.payment_unresolved(format!(
+                self.recovered(attempt, result);
+            }
+            LaneCommand::PendingVoided { sale_ref, result } => {
+                self.voiding = false;
+                self.audit(
+                    &format!("device:lane-{}", self.id),
+                    action::LANE_PAYMENT_VOIDED,
+                    &format!("lane {} {sale_ref}: {result:?}", self.id),
+                );
+                if matches!(result, Reversal::Reversed | Reversal::NotCharged) {
+                    self.settle(&sale_ref);
+                }
+            }
+            LaneCommand::LateReversal { sale_ref, result } => {
+                self.audit(
+                    &format!("device:lane-{}", self.id),
+                    action::LANE_PAYMENT_VOIDED,
+                    &format!("lane {} {sale_ref} (late approval): {result:?}", self.id),
+                );
+                if matches!(result, Reversal::Reversed | Reversal::NotCharged) {
+                    self.settle(&sale_ref);
+                } else {
+                    // Left in the pending file: the lane keeps voiding it.
+                    tracing::error!(lane = %self.id, %sale_ref, ?result, "a late approval could not be reversed yet; retrying");
+                }
+            }
+        }
+    }
+
+    fn sale_ref(&self, attempt: u32) -> String {
+        match &self.sale_id {
+            Some(s) => format!("{s}:{attempt}"),
+            None => format!("?:{attempt}"),
+        }
+    }
+
+    /// Forgets a settled attempt (logged if the file cannot be written: the lane then voids it
+    /// again later, which the terminal answers as not charged or already voided).
+    fn settle(&mut self, sale_ref: &str) {
+        if let Err(e) = self.pending.settle(sale_ref) {
+            tracing::error!(lane = %self.id, sale_ref, error = %e, "cannot record a settled payment");
+        }
+    }
+
+    /// Sends every unsettled attempt that is not the visit's live one to the terminal to be
+    /// voided, unless the ledger holds its sale (then it was paid: settled).
+    async fn void_unsettled(&mut self) {
+        if self.voiding {
+            return;
+        }
+        let live = match self.session.phase() {
+            Phase::Paying { attempt } => Some(self.sale_ref(*attempt)),
+            _ => None,
+        };
+        let mut to_void = Vec::new();
+        for a in self.pending.attempts().to_vec() {
+            if Some(&a.sale_ref) == live.as_ref() {
+                continue;
+            }
+            let committed = match SaleId::parse(&a.sale_id) {
+                Ok(id) => matches!(self.ctx.ledger.sale(id).await, Ok(Some(_))),
+                Err(_) => false,
+            };
+            if committed {
+                self.settle(&a.sale_ref);
+            } else {
+                to_void.push(a.sale_ref);
+            }
+        }
+        if to_void.is_empty() {
+            return;
+        }
+        self.voiding = true;
+        let terminal = self.devices.terminal.clone();
+        let tx = self.tx.clone();
+        tokio::task::spawn_blocking(move || {
+            for sale_ref in to_void {
+                let result = match SaleRef::new(sale_ref.clone()) {
+                    Ok(r) => terminal.cancel(&r, Duration::from_secs(10)),
+                    Err(e) => Reversal::Failed {
+                        reason: e.to_string(),
+                    },
+                };
+                if tx
+                    .blocking_send(LaneCommand::PendingVoided { sale_ref, result })
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+    }
+
+    fn recovered(&mut self, attempt: u32, result: Reversal) {
+        self.recovering = false;
+        match result {
+            Reversal::Reversed | Reversal::NotCharged => {
+                let sale_ref = self.sale_ref(attempt);
+                self.settle(&sale_ref);
+                self.session.recover_payment();
+                let message = if result == Reversal::Reversed {
+                    "The payment was voided at the card terminal; nothing was charged."
+                } else {
+                    "Nothing was charged. The shopper may pay again."
+                };
+                self.publish(
+                    json!({"kind": "payment_recovered", "attempt": attempt, "message": message}),
+                );
+            }
+            Reversal::Failed { reason } => {
+                self.session.payment_unresolved(format!(
                         "the terminal could not void the payment ({reason}); try again or call the help desk"
                     ));
-                    self.publish(json!({"kind": "payment_unresolved", "attempt": attempt}));
-                }
-            },
+                self.publish(json!({"kind": "payment_unresolved", "attempt": attempt}));
+            }
         }
     }
 
@@ -707,6 +853,17 @@ impl Runner {
                 else {
                     return self.say("refused", "There is no payment to recover.");
                 };
+                // While the terminal is still working on it normally, its answer decides.
+                if !self.session.payment_alert() {
+                    return self.say(
+                        "refused",
+                        "The card terminal is still working on this payment; wait for its answer.",
+                    );
+                }
+                if self.recovering {
+                    return self.say("refused", "Already checking with the card terminal.");
+                }
+                self.recovering = true;
                 self.audit(
                     &staff_actor(&who),
                     action::LANE_PAYMENT_RECOVER,
@@ -729,14 +886,44 @@ impl Runner {
                     let _ = tx.blocking_send(LaneCommand::PaymentRecovered { attempt, result });
                 });
             }
-            AttendantAction::Cancel => match self.session.cancel() {
-                Ok(()) => {
-                    self.sale_id = None;
-                    self.audit(&staff_actor(&who), action::LANE_CANCEL, &subject);
-                    self.publish(json!({"kind": "cancelled", "by": who}));
+            AttendantAction::Cancel => {
+                let basket = format!(
+                    "{subject}: {} items, {}",
+                    self.session.items(),
+                    self.session
+                        .total()
+                        .map_or_else(|| "0".into(), |t| t.to_string())
+                );
+                let undecided = match self.session.phase() {
+                    Phase::Paying { attempt } if self.session.payment_alert() => {
+                        Some(self.sale_ref(*attempt))
+                    }
+                    _ => None,
+                };
+                let done = match &undecided {
+                    // The attempt stays in the pending file: the lane voids it at the terminal
+                    // as soon as the terminal answers, and audits the answer.
+                    Some(_) => self.session.abandon_payment(),
+                    None => self.session.cancel(),
+                };
+                match done {
+                    Ok(()) => {
+                        self.sale_id = None;
+                        self.recovering = false;
+                        let what = match &undecided {
+                            Some(r) => {
+                                format!("{basket}; payment {r} left undecided, to be voided")
+                            }
+                            None => basket,
+                        };
+                        self.audit(&staff_actor(&who), action::LANE_CANCEL, &what);
+                        self.publish(
+                            json!({"kind": "cancelled", "by": who, "abandoned_payment": undecided}),
+                        );
+                    }
+                    Err(e) => self.say("refused", e.to_string()),
                 }
-                Err(e) => self.say("refused", e.to_string()),
-            },
+            }
         }
     }
 
@@ -773,8 +960,16 @@ impl Runner {
         let sale_id = match &self.sale_id {
             Some(s) => s.clone(),
             None => {
+                // Time, a per-process counter and a random part: unique across lanes, sales
+                // in one millisecond and restarts (a clock stepped back included).
                 let n = SALE_COUNTER.fetch_add(1, Ordering::Relaxed) % 1000;
-                let id = format!("{}-{}{:03}", self.id, self.ctx.hub_time.now().0, n);
+                let id = format!(
+                    "{}-{}{:03}-{:04x}",
+                    self.id,
+                    self.ctx.hub_time.now().0,
+                    n,
+                    rand::random::<u16>()
+                );
                 match SaleId::parse(&id) {
                     Ok(s) => {
                         self.sale_id = Some(s.clone());
@@ -787,6 +982,21 @@ impl Runner {
                 }
             }
         };
+        // On disk before the terminal is asked: whatever happens next, this attempt is either
+        // settled or voided at the terminal, never forgotten.
+        if let Err(e) = self.pending.begin(super::pending::PendingAttempt {
+            sale_ref: format!("{sale_id}:{attempt}"),
+            sale_id: sale_id.to_string(),
+            amount,
+            since_ms: self.ctx.hub_time.now().0,
+        }) {
+            self.session.payment_failed();
+            tracing::error!(lane = %self.id, error = %e, "cannot record a payment attempt");
+            return self.say(
+                "payment_failed",
+                format!("Payment cannot start now ({e}). Nothing was charged; call an attendant."),
+            );
+        }
         self.publish(json!({
             "kind": "payment_started",
             "attempt": attempt,
@@ -809,16 +1019,33 @@ impl Runner {
 
     async fn paid(&mut self, attempt: u32, outcome: Outcome) {
         if self.session.phase() != &(Phase::Paying { attempt }) {
-            // A late answer for an attempt already settled by the attendant.
+            // A late answer for an attempt the attendant already settled: an approval is
+            // reversed (and stays pending, so voided later, until the terminal confirms).
             if let Outcome::Approved(a) = outcome {
                 tracing::error!(lane = %self.id, sale_ref = %a.sale_ref, "late approval after recovery: reversing");
                 let terminal = self.devices.terminal.clone();
-                tokio::task::spawn_blocking(move || terminal.reverse(&a, Duration::from_secs(10)));
+                let tx = self.tx.clone();
+                tokio::task::spawn_blocking(move || {
+                    let result = terminal.reverse(&a, Duration::from_secs(10));
+                    let _ = tx.blocking_send(LaneCommand::LateReversal {
+                        sale_ref: a.sale_ref.to_string(),
+                        result,
+                    });
+                });
             }
             return;
         }
         match outcome {
             Outcome::Approved(approval) => {
+                let asked = self.session.total();
+                if asked != Some(approval.amount) {
+                    let why = format!(
+                        "the terminal approved {} instead of {}",
+                        approval.amount,
+                        asked.map_or_else(|| "nothing".into(), |a| a.to_string())
+                    );
+                    return self.undo_approval(approval, why).await;
+                }
                 if approval.offline {
                     let total = match self
                         .ctx
@@ -860,8 +1087,17 @@ impl Runner {
                     .filter(|l| !l.voided)
                     .map(|l| l.name.clone())
                     .collect();
-                match self.ctx.ledger.record_priced_sale(record).await {
+                // The total cap is checked again in the writer, atomically with the commit, so
+                // two lanes approving offline at once cannot pass it together.
+                let cap = self
+                    .ctx
+                    .checkout
+                    .offline
+                    .caps(approval.amount.currency)
+                    .map(|c| aisle_protocol::Money::new(c.total, approval.amount.currency));
+                match self.ctx.ledger.record_priced_sale(record, cap).await {
                     Ok(committed) => {
+                        self.settle(&approval.sale_ref.to_string());
                         let url = format!(
                             "{}/receipts/{}?k={}",
                             self.ctx.receipt_base.trim_end_matches('/'),
@@ -917,6 +1153,8 @@ impl Runner {
                 }
             }
             Outcome::Declined { .. } | Outcome::Unavailable { .. } => {
+                let sale_ref = self.sale_ref(attempt);
+                self.settle(&sale_ref);
                 self.session.payment_failed();
                 let message = format!(
                     "{}. Nothing was charged; try again or use another card.",
@@ -946,8 +1184,17 @@ impl Runner {
                 .unwrap_or(Reversal::Failed {
                     reason: "the reversal task failed".into(),
                 });
+        self.audit(
+            &format!("device:lane-{}", self.id),
+            action::LANE_PAYMENT_REVERSED,
+            &format!(
+                "lane {} {}: {why}: {reversal:?}",
+                self.id, approval.sale_ref
+            ),
+        );
         match reversal {
             Reversal::Reversed | Reversal::NotCharged => {
+                self.settle(&approval.sale_ref.to_string());
                 self.session.payment_failed();
                 let message = format!("Payment not taken: {why}. The charge was voided.");
                 self.publish(json!({"kind": "payment_failed", "message": message}));

@@ -267,14 +267,7 @@ impl LaneSession {
 
     /// The total of the lines not voided (None: no line yet).
     pub fn total(&self) -> Option<Money> {
-        let mut total: Option<Money> = None;
-        for l in self.lines.iter().filter(|l| !l.voided) {
-            total = Some(match total {
-                None => l.line_total,
-                Some(t) => t.checked_add(l.line_total).unwrap_or(t),
-            });
-        }
-        total
+        sum(self.lines.iter()).ok().flatten()
     }
 
     /// Items in the basket (weighed lines count one).
@@ -349,6 +342,9 @@ impl LaneSession {
             line.unit_weight_g = Some(g);
         }
         self.price_line(&mut line)?;
+        if sum(self.lines.iter().chain(std::iter::once(&line))).is_err() {
+            return refuse("The basket's total would be too large; an attendant must help.");
+        }
         self.next_line += 1;
         if let Some(age) = line.age_min {
             self.alerts.push(Alert::Age {
@@ -366,7 +362,11 @@ impl LaneSession {
         let Some(gross) = line.gross() else {
             return refuse("That price is too large to charge.");
         };
-        let discount = self.member.as_ref().map_or(0, |m| m.discount_on(gross));
+        // A price printed on the pack (the deli's) is final: member discounts go on the rest.
+        let discount = match (&self.member, line.embedded_price) {
+            (Some(m), None) => m.discount_on(gross),
+            _ => 0,
+        };
         line.discount = (discount > 0).then(|| Money::new(discount, line.unit_price.currency));
         line.line_total = Money::new(gross - discount, line.unit_price.currency);
         line.line_total_decimal = line.line_total.decimal();
@@ -386,6 +386,10 @@ impl LaneSession {
         }
         line.qty = qty;
         self.price_line(&mut line)?;
+        let others = self.lines.iter().enumerate().filter(|(i, _)| *i != idx);
+        if sum(others.map(|(_, l)| l).chain(std::iter::once(&line))).is_err() {
+            return refuse("The basket's total would be too large; an attendant must help.");
+        }
         self.lines[idx] = line;
         Ok(&self.lines[idx])
     }
@@ -613,6 +617,24 @@ impl LaneSession {
         Ok(())
     }
 
+    /// Whether a payment waits for the attendant (the terminal left it undecided).
+    pub fn payment_alert(&self) -> bool {
+        self.alerts
+            .iter()
+            .any(|a| matches!(a, Alert::Payment { .. }))
+    }
+
+    /// Ends a visit whose payment the terminal never decided (a manager's last resort when the
+    /// terminal cannot even cancel): nothing is committed; the caller records the attempt so
+    /// a late approval is reversed.
+    pub fn abandon_payment(&mut self) -> Result<(), LaneRefusal> {
+        if !(matches!(self.phase, Phase::Paying { .. }) && self.payment_alert()) {
+            return refuse("There is no undecided payment to abandon.");
+        }
+        *self = LaneSession::new(self.bagging, self.currency);
+        Ok(())
+    }
+
     pub fn view(&self) -> SessionView {
         let total = self.total().unwrap_or_else(|| Money::new(0, self.currency));
         SessionView {
@@ -634,6 +656,19 @@ impl LaneSession {
             can_pay: self.can_pay(),
         }
     }
+}
+
+/// The sum of the lines not voided: `Ok(None)` without one, `Err` on overflow or mixed
+/// currencies.
+fn sum<'a>(lines: impl Iterator<Item = &'a LaneLine>) -> Result<Option<Money>, ()> {
+    let mut total: Option<Money> = None;
+    for l in lines.filter(|l| !l.voided) {
+        total = Some(match total {
+            None => l.line_total,
+            Some(t) => t.checked_add(l.line_total).map_err(|_| ())?,
+        });
+    }
+    Ok(total)
 }
 
 #[cfg(test)]

@@ -84,6 +84,8 @@ pub enum SaleRejection {
     UnknownGtin(Gtin),
     #[error("GTIN {0} has no active price yet (its first price is not effective)")]
     NotYetPriced(Gtin),
+    #[error("{0}")]
+    OfflineCap(String),
     #[error("a sale's lines must all be priced in one currency; {0}")]
     MixedCurrency(Gtin),
     #[error("{0}")]
@@ -344,12 +346,15 @@ impl Ledger {
 
     /// Commits a sale a lane priced as the shopper scanned (see [`Ledger::charge_price`]):
     /// durable when this returns. The same record again is answered as a replay.
+    /// A card payment taken offline is refused (`OfflineCap`) when the offline payments the
+    /// hub does not hold yet would exceed `offline_cap`, checked in the commit's transaction.
     pub async fn record_priced_sale(
         &self,
         record: SaleRecord,
+        offline_cap: Option<Money>,
     ) -> Result<SaleReceipt, SaleRejection> {
         self.send(|reply| writer::Command::Sale {
-            req: writer::SaleInput::Priced(record),
+            req: writer::SaleInput::Priced(record, offline_cap),
             reply,
         })
         .await?

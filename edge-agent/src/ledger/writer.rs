@@ -40,14 +40,14 @@ type Reply<T, E = LedgerError> = oneshot::Sender<Result<T, E>>;
 /// when the shopper scanned (what they saw and paid).
 pub(crate) enum SaleInput {
     Request(SaleRequest),
-    Priced(SaleRecord),
+    Priced(SaleRecord, Option<Money>),
 }
 
 impl SaleInput {
     fn sale_id(&self) -> &aisle_protocol::SaleId {
         match self {
             SaleInput::Request(r) => &r.sale_id,
-            SaleInput::Priced(r) => &r.sale_id,
+            SaleInput::Priced(r, _) => &r.sale_id,
         }
     }
 }
@@ -561,7 +561,7 @@ fn run_group(
             // nothing is committed.
             Command::Sale { req, reply } => match match &req {
                 SaleInput::Request(r) => price_sale(&tx, r),
-                SaleInput::Priced(rec) => check_lane_sale(&tx, rec),
+                SaleInput::Priced(rec, cap) => check_lane_sale(&tx, rec, *cap),
             } {
                 Ok(Priced::Replay(receipt)) => Done::Sale(reply, Ok(receipt)),
                 Ok(Priced::New(record)) => match write_sale(&tx, head, time, record) {
@@ -906,7 +906,11 @@ pub(crate) fn charge_price(
 /// The read phase of a lane's sale, already priced by the lane (what the shopper saw and paid):
 /// the same `sale_id` with the same record is a replay, with another record a conflict; every
 /// line's GTIN must be one the store prices and the record must add up.
-fn check_lane_sale(conn: &Connection, record: &SaleRecord) -> Result<Priced, SaleRejection> {
+fn check_lane_sale(
+    conn: &Connection,
+    record: &SaleRecord,
+    offline_cap: Option<Money>,
+) -> Result<Priced, SaleRejection> {
     record.validate()?;
     let existing: Option<i64> = conn
         .prepare_cached("SELECT seq FROM sales WHERE sale_id = ?1")
@@ -924,6 +928,23 @@ fn check_lane_sale(conn: &Connection, record: &SaleRecord) -> Result<Priced, Sal
     }
     for l in &record.lines {
         charge_price(conn, &l.gtin)?;
+    }
+    if record.payment.offline {
+        let cur = record.total.currency;
+        let waiting = super::reader::offline_card_total(conn, cur)?;
+        let cap = offline_cap.filter(|c| c.currency == cur);
+        let within = cap.is_some_and(|c| {
+            waiting
+                .minor
+                .checked_add(record.total.minor)
+                .is_some_and(|t| t <= c.minor)
+        });
+        if !within {
+            return Err(SaleRejection::OfflineCap(format!(
+                "payments taken offline would exceed the {} limit ({waiting} already waiting to be sent)",
+                cap.map_or_else(|| format!("{cur} 0"), |c| c.to_string())
+            )));
+        }
     }
     Ok(Priced::New(record.clone()))
 }

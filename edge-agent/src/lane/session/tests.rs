@@ -211,3 +211,43 @@ fn a_barcode_price_in_another_currency_is_refused_not_left_out_of_the_total() {
     assert!(s.add(pack).is_err());
     assert!(s.lines().is_empty());
 }
+
+#[test]
+fn a_total_that_would_overflow_is_refused_not_dropped() {
+    let mut s = session();
+    s.add(item(1, i64::MAX / 2, ItemRules::default())).unwrap();
+    let n = s
+        .add(item(2, i64::MAX / 4, ItemRules::default()))
+        .unwrap()
+        .line_no;
+    assert!(s.add(item(3, i64::MAX / 2, ItemRules::default())).is_err());
+    assert!(
+        s.set_qty(n, 3).is_err(),
+        "a quantity that overflows the total"
+    );
+    assert_eq!(s.lines().len(), 2);
+    assert_eq!(
+        s.total(),
+        Some(Money::new(i64::MAX / 2 + i64::MAX / 4, cny()))
+    );
+}
+
+#[test]
+fn a_price_printed_on_the_pack_gets_no_member_discount() {
+    let mut s = session();
+    s.set_member(MemberClaims {
+        member: "M-1".into(),
+        discount_bp: 1000,
+        issued_at: UtcMillis(0),
+        expires_at: UtcMillis(10),
+        key_id: 1,
+    })
+    .unwrap();
+    let mut cheese = item(4, 999, ItemRules::default());
+    cheese.embedded_price = Some(Money::new(456, cny()));
+    let l = s.add(cheese).unwrap();
+    assert_eq!(l.discount, None);
+    assert_eq!(l.line_total, Money::new(456, cny()));
+    let l = s.add(item(1, 1000, ItemRules::default())).unwrap();
+    assert_eq!(l.discount, Some(Money::new(100, cny())));
+}
