@@ -22,6 +22,7 @@ pub mod money;
 pub mod pickup;
 pub mod sync;
 pub mod time;
+mod token;
 
 pub use error::ProtocolError;
 pub use gtin::Gtin;

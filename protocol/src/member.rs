@@ -9,14 +9,12 @@
 //! taken off each eligible line and rounded down to the minor unit in the shopper's favour of the
 //! store (never more than the line).
 use alloc::string::String;
-use alloc::vec::Vec;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use crate::UtcMillis;
+use crate::token;
 
 /// First part of every member token; also the signature's domain separator.
 pub const MEMBER_PREFIX: &str = "AISLEM1";
@@ -87,14 +85,7 @@ impl MemberClaims {
     pub fn sign(&self, key: &SigningKey) -> String {
         let mut buf = [0u8; 128];
         let claims: &[u8] = postcard::to_slice(self, &mut buf).map_or(&[], |c| &*c);
-        let signature = key.sign(&signed_bytes(claims));
-        let mut out = String::with_capacity(MEMBER_PREFIX.len() + 2 + claims.len() * 2 + 90);
-        out.push_str(MEMBER_PREFIX);
-        out.push('.');
-        URL_SAFE_NO_PAD.encode_string(claims, &mut out);
-        out.push('.');
-        URL_SAFE_NO_PAD.encode_string(signature.to_bytes(), &mut out);
-        out
+        token::seal(MEMBER_PREFIX, claims, key)
     }
 
     /// Checks a member QR's form, signature, fields and expiry at `now`; `key_for` gives the
@@ -104,34 +95,18 @@ impl MemberClaims {
         now: UtcMillis,
         key_for: impl Fn(u32) -> Option<VerifyingKey>,
     ) -> Result<MemberClaims, MemberError> {
-        let text = text.trim();
-        if text.len() > MAX_MEMBER_TOKEN_CHARS {
-            return Err(MemberError::TooLong);
-        }
-        let mut parts = text.split('.');
-        if parts.next() != Some(MEMBER_PREFIX) {
-            return Err(MemberError::NotACard);
-        }
-        let (Some(claims_b64), Some(sig_b64), None) = (parts.next(), parts.next(), parts.next())
-        else {
-            return Err(MemberError::Malformed("expected three parts"));
-        };
-        let claims_bytes = URL_SAFE_NO_PAD
-            .decode(claims_b64)
-            .map_err(|_| MemberError::Malformed("claims are not base64url"))?;
-        let sig_bytes: [u8; 64] = URL_SAFE_NO_PAD
-            .decode(sig_b64)
-            .map_err(|_| MemberError::Malformed("signature is not base64url"))?
-            .try_into()
-            .map_err(|_| MemberError::Malformed("signature is not 64 bytes"))?;
+        let (claims_bytes, signature) = token::open(MEMBER_PREFIX, text, MAX_MEMBER_TOKEN_CHARS)
+            .map_err(|e| match e {
+                token::Shape::NotOurs => MemberError::NotACard,
+                token::Shape::TooLong => MemberError::TooLong,
+                token::Shape::Malformed(why) => MemberError::Malformed(why),
+            })?;
         let claims: MemberClaims = postcard::from_bytes(&claims_bytes)
             .map_err(|_| MemberError::Malformed("claims do not decode"))?;
         let key = key_for(claims.key_id).ok_or(MemberError::UnknownKey(claims.key_id))?;
-        key.verify(
-            &signed_bytes(&claims_bytes),
-            &Signature::from_bytes(&sig_bytes),
-        )
-        .map_err(|_| MemberError::BadSignature)?;
+        if !token::signed_by(MEMBER_PREFIX, &claims_bytes, &signature, &key) {
+            return Err(MemberError::BadSignature);
+        }
         claims.validate()?;
         if now >= claims.expires_at {
             return Err(MemberError::Expired);
@@ -148,14 +123,6 @@ impl MemberClaims {
         let d = i128::from(gross) * i128::from(self.discount_bp) / 10_000;
         i64::try_from(d).unwrap_or(0).clamp(0, gross)
     }
-}
-
-fn signed_bytes(claims: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(MEMBER_PREFIX.len() + 1 + claims.len());
-    v.extend_from_slice(MEMBER_PREFIX.as_bytes());
-    v.push(b'.');
-    v.extend_from_slice(claims);
-    v
 }
 
 #[cfg(test)]

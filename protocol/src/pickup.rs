@@ -14,12 +14,11 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::token;
 use crate::{EventId, Gtin, OrderId, StoreId, UtcMillis};
 
 /// First part of every QR token; also the signature's domain separator.
@@ -72,14 +71,7 @@ impl PickupClaims {
         // Ids are at most 64 bytes each, so the claims always fit.
         let mut buf = [0u8; 256];
         let claims: &[u8] = postcard::to_slice(self, &mut buf).map_or(&[], |c| &*c);
-        let signature = key.sign(&signed_bytes(claims));
-        let mut out = String::with_capacity(TOKEN_PREFIX.len() + 2 + claims.len() * 2 + 90);
-        out.push_str(TOKEN_PREFIX);
-        out.push('.');
-        URL_SAFE_NO_PAD.encode_string(claims, &mut out);
-        out.push('.');
-        URL_SAFE_NO_PAD.encode_string(signature.to_bytes(), &mut out);
-        out
+        token::seal(TOKEN_PREFIX, claims, key)
     }
 
     /// Checks a QR token's form and signature; `key_for` gives the public key of a key id.
@@ -88,34 +80,18 @@ impl PickupClaims {
         text: &str,
         key_for: impl Fn(u32) -> Option<VerifyingKey>,
     ) -> Result<PickupClaims, TokenError> {
-        let text = text.trim();
-        if text.len() > MAX_TOKEN_CHARS {
-            return Err(TokenError::TooLong);
-        }
-        let mut parts = text.split('.');
-        if parts.next() != Some(TOKEN_PREFIX) {
-            return Err(TokenError::NotAToken);
-        }
-        let (Some(claims_b64), Some(sig_b64), None) = (parts.next(), parts.next(), parts.next())
-        else {
-            return Err(TokenError::Malformed("expected three parts"));
-        };
-        let claims_bytes = URL_SAFE_NO_PAD
-            .decode(claims_b64)
-            .map_err(|_| TokenError::Malformed("claims are not base64url"))?;
-        let sig_bytes: [u8; 64] = URL_SAFE_NO_PAD
-            .decode(sig_b64)
-            .map_err(|_| TokenError::Malformed("signature is not base64url"))?
-            .try_into()
-            .map_err(|_| TokenError::Malformed("signature is not 64 bytes"))?;
+        let (claims_bytes, signature) =
+            token::open(TOKEN_PREFIX, text, MAX_TOKEN_CHARS).map_err(|e| match e {
+                token::Shape::NotOurs => TokenError::NotAToken,
+                token::Shape::TooLong => TokenError::TooLong,
+                token::Shape::Malformed(why) => TokenError::Malformed(why),
+            })?;
         let claims: PickupClaims = postcard::from_bytes(&claims_bytes)
             .map_err(|_| TokenError::Malformed("claims do not decode"))?;
         let key = key_for(claims.key_id).ok_or(TokenError::UnknownKey(claims.key_id))?;
-        key.verify(
-            &signed_bytes(&claims_bytes),
-            &Signature::from_bytes(&sig_bytes),
-        )
-        .map_err(|_| TokenError::BadSignature)?;
+        if !token::signed_by(TOKEN_PREFIX, &claims_bytes, &signature, &key) {
+            return Err(TokenError::BadSignature);
+        }
         Ok(claims)
     }
 
@@ -131,14 +107,6 @@ impl PickupClaims {
         }
         Ok(())
     }
-}
-
-fn signed_bytes(claims: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(TOKEN_PREFIX.len() + 1 + claims.len());
-    v.extend_from_slice(TOKEN_PREFIX.as_bytes());
-    v.push(b'.');
-    v.extend_from_slice(claims);
-    v
 }
 
 /// A short code for typing: 8 Crockford base32 characters, shown `XXXX-XXXX`.
