@@ -8,13 +8,18 @@
 //! | `cmd` | → agent | 1 | one [`LaneRequest`] as JSON, e.g. `{"type":"scan","code":"4006381333931"}` |
 //!
 //! and `<prefix>/<store>/lanes/online`: `true` (retained) while the agent is connected, `false`
-//! as its last will. A `cmd` that is not valid JSON, too large, or an unknown request is
-//! dropped and counted (`aisle_lane_mqtt_refused`), with the reason logged. The broker's ACL
+//! as its last will. On every (re)connection each lane's current update is published to
+//! `state` again, so a retained state left by an earlier run or lost by the broker is replaced.
+//! A `cmd` that is not valid JSON, too large, or an unknown request is dropped and counted
+//! (`aisle_lane_mqtt_refused`), with the reason logged; one larger than [`MAX_PACKET_BYTES`]
+//! costs a reconnection (the client cannot skip it) but is counted all the same. The broker's ACL
 //! (written by `aisle-agent devices add`) decides which clients may publish to `cmd`.
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, LastWill, MqttOptions, Packet, QoS, StateError,
+};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -24,6 +29,8 @@ use crate::sync::backoff::Backoff;
 
 /// Largest `cmd` payload.
 pub const MAX_CMD_BYTES: usize = 4096;
+/// Largest packet the client reads; a larger one ends the connection.
+pub const MAX_PACKET_BYTES: usize = 1024 * 1024;
 
 /// Starts the lane interface: one client publishing every lane's updates and taking commands.
 pub fn spawn(
@@ -48,20 +55,34 @@ async fn run(
     let online = format!("{topic_base}/lanes/online");
     let mut options = MqttOptions::new(client_id, host, port);
     options.set_keep_alive(Duration::from_secs(15));
-    options.set_max_packet_size(64 * 1024, 64 * 1024);
+    options.set_max_packet_size(MAX_PACKET_BYTES, 64 * 1024);
     options.set_last_will(LastWill::new(&online, "false", QoS::AtLeastOnce, true));
     let (client, mut events) = AsyncClient::new(options, 256);
+    // Bumped on every connection: each forwarder then republishes its lane's current state.
+    let (connected_tx, connected) = watch::channel(0u64);
     // One forwarder per lane: updates to `state` (retained) and `event`.
     let mut forwarders = Vec::new();
     for (id, lane) in &lanes.lanes {
         let client = client.clone();
         let mut rx = lane.updates.subscribe();
+        let latest = lane.latest.clone();
+        let mut connected = connected.clone();
         let base = format!("{topic_base}/lane/{id}");
         let mut stop = shutdown.clone();
         forwarders.push(tokio::spawn(async move {
             loop {
                 let update = tokio::select! {
                     u = rx.recv() => u,
+                    c = connected.changed() => {
+                        if c.is_err() {
+                            break;
+                        }
+                        let current = latest.borrow().as_bytes().to_vec();
+                        let _ = client
+                            .publish(format!("{base}/state"), QoS::AtLeastOnce, true, current)
+                            .await;
+                        continue;
+                    }
                     () = stopped(&mut stop) => break,
                 };
                 match update {
@@ -91,6 +112,7 @@ async fn run(
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff.reset();
+                connected_tx.send_modify(|n| *n += 1);
                 let _ = client
                     .subscribe(format!("{topic_base}/lane/+/cmd"), QoS::AtLeastOnce)
                     .await;
@@ -129,6 +151,17 @@ async fn run(
                 }
             }
             Ok(_) => {}
+            Err(ConnectionError::MqttState(StateError::Deserialization(
+                rumqttc::Error::PayloadSizeLimitExceeded(n),
+            ))) => {
+                // Someone published a packet too large to read: the connection is gone, the
+                // packet with it (clean session); count it and reconnect at once.
+                tracing::warn!(
+                    bytes = n,
+                    "MQTT lane command too large to read; reconnecting"
+                );
+                refused(&lanes, "too_large", &format!("{topic_base}/lane/+/cmd"));
+            }
             Err(e) => {
                 let wait = backoff.next_random_delay();
                 tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "MQTT lane interface disconnected");
