@@ -17,7 +17,7 @@ pub const NOT_ENROLLED: &str = "this gateway is not enrolled (no [gateway] secti
      CODE` with a code from HQ, then restart the agent";
 
 /// Largest configuration file we read.
-const MAX_CONFIG_BYTES: u64 = 64 * 1024;
+pub const MAX_CONFIG_BYTES: u64 = 64 * 1024;
 /// The secret half of a credential: 32 random bytes as lowercase hex, as the hub prints it.
 const SECRET_HEX_DIGITS: usize = 64;
 

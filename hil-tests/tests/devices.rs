@@ -1,7 +1,8 @@
 //! `aisle-agent devices scan` against simulated devices on real pseudo-terminals (the MT-SICS,
 //! Toledo and NCI scale simulators, the shelf-label access point simulator, a silent port) and a
 //! real Mosquitto; `devices add` against a private Mosquitto started with the files it wrote: a
-//! device publishes to its own topic and is refused on another device's.
+//! device publishes to its own topic and is refused on another device's; a camera confirmed with
+//! its vendor and zone is counted by an agent started on the configuration `devices add` wrote.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -52,7 +53,10 @@ struct Broker {
 
 impl Broker {
     async fn start(dir: &Path, files: &Path) -> Broker {
-        let port = free_port().unwrap();
+        Broker::start_on(dir, files, free_port().unwrap()).await
+    }
+
+    async fn start_on(dir: &Path, files: &Path, port: u16) -> Broker {
         let conf = dir.join("mosquitto.conf");
         std::fs::write(
             &conf,
@@ -317,4 +321,110 @@ async fn devices_scan_names_each_scale_protocol_the_access_point_and_the_mqtt_de
         .unwrap_or_else(|| panic!("door-9 not listed: {text}"));
     assert!(camera["messages"].as_u64().unwrap() >= 5, "{text}");
     drop(silent);
+}
+
+/// `aisle-agent run` as a process, killed when dropped.
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_camera_confirmed_with_devices_add_is_counted_by_the_agent_started_on_that_config() {
+    use aisle_hil::camera_sim::{CameraModel, CameraProfile, Vendor, now_ms};
+
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_port().unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "store = \"S001\"\nhub_url = \"http://127.0.0.1:9\"\ncredential = \"gw-S001-1a2b3c4d.{}\"\n\
+             data_dir = \"{}\"\nlisten = \"127.0.0.1:{listen}\"\n",
+            "ab".repeat(32),
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let files = dir.path().join("mosquitto");
+    let broker_port = free_port().unwrap();
+    let broker_addr = format!("127.0.0.1:{broker_port}");
+    let out = agent(&[
+        "devices",
+        "add",
+        "--config",
+        config.to_str().unwrap(),
+        "--kind",
+        "camera",
+        "--id",
+        "door-1",
+        "--vendor",
+        "axis",
+        "--zone",
+        "Main entrance",
+        "--broker",
+        &broker_addr,
+        "--mosquitto-dir",
+        files.to_str().unwrap(),
+    ]);
+    let (user, password) = added(&out);
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("[[footfall.cameras]]"), "{printed}");
+    assert!(printed.contains("restart the agent"), "{printed}");
+
+    // Mosquitto with the files written, then the agent with the configuration as written.
+    let broker = Broker::start_on(dir.path(), &files, broker_port).await;
+    let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+    let _agent = Agent(
+        Command::new(binary("aisle-agent").unwrap())
+            .args(["run", "--config", config.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{listen}");
+    wait_for("the agent's API", Duration::from_secs(20), || async {
+        aisle_hil::footfall::cameras(&http, &url).await.ok()
+    })
+    .await
+    .unwrap();
+
+    // The camera publishes with its own credential; the agent takes its counts.
+    let (camera, _task) = device(&broker.addr, Some((&user, &password)))
+        .await
+        .unwrap();
+    let mut model = CameraModel::new(CameraProfile::new(Vendor::Axis, "door-1")).unwrap();
+    let topic = "aisle/v1/S001/camera/door-1/counts";
+    let heard = wait_for("the agent to hear door-1", Duration::from_secs(30), || {
+        let now = now_ms();
+        model.walk(1, now);
+        let payload = model.payload(now).ok();
+        let camera = camera.clone();
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            if let Some(p) = payload {
+                camera
+                    .publish(topic, QoS::AtLeastOnce, false, p.bytes)
+                    .await
+                    .ok()?;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let v = aisle_hil::footfall::cameras(&http, &url).await.ok()?;
+            v["cameras"]
+                .as_array()?
+                .iter()
+                .find(|c| c["id"] == "door-1" && c["accepted"].as_u64() >= Some(1))
+                .cloned()
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(heard["zone"], "Main entrance", "{heard}");
 }

@@ -1,6 +1,8 @@
 //! The store's devices from the technician's side: `aisle-agent devices scan` (which serial
-//! ports answer which protocol, which MQTT devices publish) and `devices add` (an MQTT device's
-//! own credential and topic in Mosquitto's password and ACL files).
+//! ports answer which protocol, which MQTT devices publish) and `devices add` (the device in the
+//! agent's configuration, see [`configure`], and an MQTT device's own credential and topic in
+//! Mosquitto's password and ACL files).
+pub mod configure;
 pub mod mosquitto;
 pub mod probe;
 
@@ -34,17 +36,45 @@ pub enum DevicesCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Give an MQTT device its own credential and topic: writes Mosquitto's password and ACL
-    /// files (reload Mosquitto afterwards). Prints the password once.
+    /// Confirm a device. A camera (with --vendor and --zone) goes into [[footfall.cameras]] and
+    /// gets its own MQTT credential and topic in Mosquitto's password and ACL files (printed
+    /// once; reload Mosquitto afterwards). A lane's serial scanner, scale or printer (with
+    /// --port) goes onto lane --id in [[checkout.lanes]], without MQTT credential. Other MQTT
+    /// devices (lane, sensor, or a camera/scanner/scale without those options) get the
+    /// credential only. The configuration is replaced in one step, or not at all; restart the
+    /// agent to use it.
     Add {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
-        /// camera, scale, scanner, lane or sensor.
+        /// camera, scanner, scale, printer, lane or sensor.
         #[arg(long)]
         kind: String,
-        /// The device's id in its topics (`[A-Za-z0-9_-]{1,64}`).
+        /// The camera's (or MQTT device's) id in its topics (`[A-Za-z0-9_-]{1,64}`), or for a
+        /// serial scanner, scale or printer the lane's id (e.g. 1).
         #[arg(long)]
         id: String,
+        /// Camera: axis, xovis or hikvision (its payload format).
+        #[arg(long)]
+        vendor: Option<String>,
+        /// Camera: the entrance it counts for, e.g. "Main entrance".
+        #[arg(long)]
+        zone: Option<String>,
+        /// Camera: the MQTT broker, host:port, when the configuration has no [footfall] yet.
+        #[arg(long, value_name = "HOST:PORT")]
+        broker: Option<String>,
+        /// Scanner, scale or printer: its serial device, /dev/serial/by-id/...
+        #[arg(long, value_name = "PATH")]
+        port: Option<String>,
+        /// Scale: mt-sics, toledo, toledo-lb, nci or cas.
+        #[arg(long)]
+        protocol: Option<String>,
+        /// The store's currency (e.g. CNY), when the configuration has no [checkout] yet.
+        #[arg(long)]
+        currency: Option<String>,
+        /// Replace a device already configured (same camera id, or the lane's device of that
+        /// kind).
+        #[arg(long)]
+        replace: bool,
         /// Where `passwd` and `acl` are written.
         #[arg(long, value_name = "DIR", default_value = "/etc/mosquitto/aisle")]
         mosquitto_dir: PathBuf,
@@ -146,34 +176,277 @@ pub fn run(command: DevicesCommand) -> anyhow::Result<()> {
             config,
             kind,
             id,
+            vendor,
+            zone,
+            broker,
+            port,
+            protocol,
+            currency,
+            replace,
             mosquitto_dir,
         } => {
-            let config = AgentConfig::load(&config)?;
-            let added = mosquitto::add_device(
-                &mosquitto_dir,
-                &topic_prefix(&config),
-                config.store.as_str(),
-                &kind,
-                &id,
-            )
-            .map_err(anyhow::Error::msg)?;
-            crate::audit::AuditLog::new(&config.data_dir).record(
-                aisle_protocol::UtcMillis::now().0,
-                "technician",
-                crate::audit::action::MQTT_DEVICE_ADDED,
-                &format!("{} may publish to {}", added.user, added.topic),
-            );
-            println!("user: {}", added.user);
-            println!("password: {}", added.password);
-            println!("may publish to: {}", added.topic);
-            println!(
-                "enter the user and password in the device (shown only now), and make sure \
-                 mosquitto.conf has:\n  password_file {}\n  acl_file {}\nthen reload Mosquitto \
-                 (`systemctl reload mosquitto`)",
-                mosquitto_dir.join("passwd").display(),
-                mosquitto_dir.join("acl").display()
-            );
+            let request = AddRequest {
+                kind,
+                id,
+                vendor,
+                zone,
+                broker,
+                port,
+                protocol,
+                currency,
+                replace,
+            };
+            let mosquitto_dir = std::path::absolute(&mosquitto_dir).unwrap_or(mosquitto_dir);
+            let done = add(&config, &request, &mosquitto_dir).map_err(anyhow::Error::msg)?;
+            print_added(&done, &config, &mosquitto_dir);
             Ok(())
         }
+    }
+}
+
+/// The audit action of a device put in the agent's configuration.
+pub const DEVICE_CONFIGURED: &str = "device_configured";
+
+/// `devices add`'s options.
+#[derive(Clone, Debug, Default)]
+pub struct AddRequest {
+    pub kind: String,
+    pub id: String,
+    pub vendor: Option<String>,
+    pub zone: Option<String>,
+    pub broker: Option<String>,
+    pub port: Option<String>,
+    pub protocol: Option<String>,
+    pub currency: Option<String>,
+    pub replace: bool,
+}
+
+/// What `devices add` did.
+#[derive(Debug)]
+pub struct AddOutcome {
+    /// The configuration's new lines, when the device was configured.
+    pub configured: Option<configure::Planned>,
+    /// The MQTT credential, when the device got one.
+    pub credential: Option<mosquitto::Added>,
+    /// What the technician must still do by hand (a warning; the change is in place).
+    pub warnings: Vec<String>,
+}
+
+/// What `--kind` and the options given ask for.
+fn entry_for(r: &AddRequest) -> Result<Option<configure::DeviceEntry>, String> {
+    let none = "nothing was written";
+    let camera_only = [
+        ("--vendor", r.vendor.is_some()),
+        ("--zone", r.zone.is_some()),
+        ("--broker", r.broker.is_some()),
+    ];
+    let serial_only = [
+        ("--port", r.port.is_some()),
+        ("--protocol", r.protocol.is_some()),
+        ("--currency", r.currency.is_some()),
+    ];
+    let refuse_given = |opts: &[(&str, bool)], what: &str| -> Result<(), String> {
+        match opts.iter().find(|(_, given)| *given) {
+            Some((name, _)) => Err(format!("{name} applies to {what} only; {none}")),
+            None => Ok(()),
+        }
+    };
+    if r.kind == "camera" {
+        refuse_given(&serial_only, "a lane's scanner, scale or printer")?;
+        return match (&r.vendor, &r.zone) {
+            (Some(vendor), Some(zone)) => Ok(Some(configure::DeviceEntry::Camera {
+                id: r.id.clone(),
+                vendor: vendor.clone(),
+                zone: zone.clone(),
+                broker: r.broker.clone(),
+            })),
+            (None, None) if r.broker.is_none() => Ok(None),
+            _ => Err(format!(
+                "a camera is configured with both --vendor (axis, xovis or hikvision) and \
+                 --zone (its entrance); {none}"
+            )),
+        };
+    }
+    refuse_given(&camera_only, "cameras")?;
+    if let Some(device) = configure::LaneDevice::parse(&r.kind) {
+        return match &r.port {
+            Some(port) => Ok(Some(configure::DeviceEntry::Lane {
+                device,
+                lane: r.id.clone(),
+                port: port.clone(),
+                protocol: r.protocol.clone(),
+                currency: r.currency.clone(),
+            })),
+            None if device == configure::LaneDevice::Printer || r.protocol.is_some() => {
+                Err(format!(
+                    "a lane's {} needs --port (its /dev/serial/by-id/... path from \
+                     `aisle-agent devices scan`); {none}",
+                    r.kind
+                ))
+            }
+            None => {
+                refuse_given(&serial_only, "a lane's scanner, scale or printer")?;
+                Ok(None)
+            }
+        };
+    }
+    refuse_given(&serial_only, "a lane's scanner, scale or printer")?;
+    if !mosquitto::KINDS.contains(&r.kind.as_str()) {
+        return Err(format!(
+            "--kind must be camera, scanner, scale, printer, lane or sensor, got '{}'; {none}",
+            r.kind
+        ));
+    }
+    Ok(None)
+}
+
+/// `aisle-agent devices add`: the device in the configuration file `config_path` and, for an
+/// MQTT device, its credential in `mosquitto_dir`; all files replaced together or none.
+pub fn add(
+    config_path: &std::path::Path,
+    r: &AddRequest,
+    mosquitto_dir: &std::path::Path,
+) -> Result<AddOutcome, String> {
+    let entry = entry_for(r)?;
+    // Absolute paths: each file is renamed into place and its directory synced.
+    let config_path = &std::fs::canonicalize(config_path)
+        .map_err(|e| format!("cannot read {}: {e}", config_path.display()))?;
+    let mosquitto_dir = &std::path::absolute(mosquitto_dir)
+        .map_err(|e| format!("--mosquitto-dir {}: {e}", mosquitto_dir.display()))?;
+    let text = configure::read_config_text(config_path)?;
+    let config = AgentConfig::load(config_path)
+        .map_err(|e| format!("{e}; fix the configuration first (nothing was written)"))?;
+    let planned = match &entry {
+        Some(e) => Some(configure::plan(config_path, &text, e, r.replace)?),
+        None => None,
+    };
+    // The configuration as it will be (a new [footfall] brings the default topic prefix).
+    let effective = planned.as_ref().map_or(&config, |p| &p.config);
+    let serial = matches!(entry, Some(configure::DeviceEntry::Lane { .. }));
+    let mut files = Vec::new();
+    let credential = if serial {
+        None
+    } else {
+        let (added, staged) = mosquitto::stage_device(
+            mosquitto_dir,
+            &topic_prefix(effective),
+            effective.store.as_str(),
+            &r.kind,
+            &r.id,
+        )?;
+        files.extend(staged);
+        Some(added)
+    };
+    let owner = configure::owner(config_path);
+    if let Some(p) = &planned {
+        files.push(configure::stage(config_path, p)?);
+        // Another edit in the meantime would be lost: refuse it rather.
+        if configure::read_config_text(config_path)? != text {
+            return Err(format!(
+                "{} changed while the device was being added; run the command again (nothing \
+                 was written)",
+                config_path.display()
+            ));
+        }
+    }
+    provisioning_commit(files)?;
+    let mut warnings = Vec::new();
+    if planned.is_some()
+        && let Err(w) = configure::restore_owner(config_path, owner)
+    {
+        warnings.push(w);
+    }
+
+    let audit = crate::audit::AuditLog::new(&config.data_dir);
+    let now = aisle_protocol::UtcMillis::now().0;
+    if let Some(added) = &credential {
+        audit.record(
+            now,
+            "technician",
+            crate::audit::action::MQTT_DEVICE_ADDED,
+            &format!("{} may publish to {}", added.user, added.topic),
+        );
+        tracing::info!(
+            user = added.user,
+            topic = added.topic,
+            "MQTT device credential written"
+        );
+    }
+    if planned.is_some() {
+        audit.record(
+            now,
+            "technician",
+            DEVICE_CONFIGURED,
+            &format!("{} {}", r.kind, r.id),
+        );
+        tracing::info!(kind = r.kind, id = r.id, config = %config_path.display(), "device configured");
+    }
+    Ok(AddOutcome {
+        configured: planned,
+        credential,
+        warnings,
+    })
+}
+
+fn provisioning_commit(files: Vec<crate::provisioning::files::StagedFile>) -> Result<(), String> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    crate::provisioning::files::commit_all(files)
+        .map_err(|e| format!("cannot replace the files: {e}; nothing was changed"))
+}
+
+fn print_added(done: &AddOutcome, config: &std::path::Path, mosquitto_dir: &std::path::Path) {
+    if let Some(p) = &done.configured {
+        println!("added to {}:", config.display());
+        for line in p.written.trim_end().lines() {
+            if line.is_empty() {
+                println!();
+            } else {
+                println!("  {line}");
+            }
+        }
+        if p.comments_dropped {
+            println!(
+                "note: the file was rewritten; its comments past the opening lines were not kept"
+            );
+        }
+        for n in &p.notes {
+            println!("note: {n}");
+        }
+    }
+    if let Some(added) = &done.credential {
+        println!("user: {}", added.user);
+        println!("password: {}", added.password);
+        println!("may publish to: {}", added.topic);
+        println!(
+            "enter the user and password in the device (shown only now), and make sure \
+             mosquitto.conf has:\n  password_file {}\n  acl_file {}\nthen reload Mosquitto \
+             (`systemctl reload mosquitto`)",
+            mosquitto_dir.join("passwd").display(),
+            mosquitto_dir.join("acl").display()
+        );
+        if done.configured.is_none() {
+            if added.user.starts_with("camera-") {
+                println!(
+                    "the camera is not in the agent's configuration: run again with --vendor and \
+                     --zone to configure it ([[footfall.cameras]])"
+                );
+            } else if added.user.starts_with("scanner-") || added.user.starts_with("scale-") {
+                println!(
+                    "for a lane's serial scanner or scale, run again with --port (and --id the \
+                     lane) to configure it in [[checkout.lanes]]"
+                );
+            }
+        }
+    }
+    for w in &done.warnings {
+        eprintln!("warning: {w}");
+    }
+    if done.configured.is_some() {
+        println!(
+            "restart the agent to use it (`systemctl restart aisle-agent`); it reads its \
+             configuration only at start-up"
+        );
     }
 }

@@ -137,6 +137,22 @@ pub fn add_device(
     kind: &str,
     id: &str,
 ) -> Result<Added, String> {
+    let (added, files) = stage_device(dir, prefix, store, kind, id)?;
+    commit_all(files).map_err(|e| format!("cannot replace the files: {e}"))?;
+    tracing::info!(user = added.user, topic = added.topic, dir = %dir.display(), "MQTT device credential written");
+    Ok(added)
+}
+
+/// What [`add_device`] writes, staged next to the files but not yet in place: commit the files
+/// (with [`commit_all`], together with any other file that must change with them) to apply it;
+/// dropping them leaves everything as it was.
+pub fn stage_device(
+    dir: &Path,
+    prefix: &str,
+    store: &str,
+    kind: &str,
+    id: &str,
+) -> Result<(Added, Vec<StagedFile>), String> {
     if !KINDS.contains(&kind) {
         return Err(format!("--kind must be one of {}", KINDS.join(", ")));
     }
@@ -170,13 +186,14 @@ pub fn add_device(
     };
     let passwd = write(&passwd_path, lines.join("\n") + "\n")?;
     let acl_file = write(&acl_path, render_acl(prefix, store, &acl))?;
-    commit_all(vec![passwd, acl_file]).map_err(|e| format!("cannot replace the files: {e}"))?;
-    tracing::info!(user, topic, dir = %dir.display(), "MQTT device credential written");
-    Ok(Added {
-        user,
-        password,
-        topic,
-    })
+    Ok((
+        Added {
+            user,
+            password,
+            topic,
+        },
+        vec![passwd, acl_file],
+    ))
 }
 
 #[cfg(test)]
