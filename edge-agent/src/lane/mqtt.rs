@@ -113,12 +113,15 @@ async fn run(
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff.reset();
                 connected_tx.send_modify(|n| *n += 1);
-                let _ = client
-                    .subscribe(format!("{topic_base}/lane/+/cmd"), QoS::AtLeastOnce)
-                    .await;
-                let _ = client
-                    .publish(&online, QoS::AtLeastOnce, true, "true")
-                    .await;
+                // Never wait inside the poll loop: only poll() empties the request queue, which
+                // the lanes' updates may have filled while the broker was away.
+                let c = client.clone();
+                let filter = format!("{topic_base}/lane/+/cmd");
+                let topic = online.clone();
+                tokio::spawn(async move {
+                    let _ = c.subscribe(filter, QoS::AtLeastOnce).await;
+                    let _ = c.publish(topic, QoS::AtLeastOnce, true, "true").await;
+                });
                 tracing::info!(topics = %format!("{topic_base}/lane/+"), "MQTT lane interface connected");
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -165,17 +168,28 @@ async fn run(
             Err(e) => {
                 let wait = backoff.next_random_delay();
                 tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "MQTT lane interface disconnected");
-                tokio::time::sleep(wait).await;
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = stopped(&mut shutdown) => break,
+                }
             }
         }
     }
-    let _ = client
-        .publish(&online, QoS::AtLeastOnce, true, "false")
-        .await;
-    let _ = client.disconnect().await;
     for f in forwarders {
         f.abort();
     }
+    // Say goodbye (`online` false) and disconnect, polling so it goes out; at most a second.
+    let _ = client.try_publish(&online, QoS::AtLeastOnce, true, "false");
+    let _ = client.try_disconnect();
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
 }
 
 fn refused(lanes: &LanesShared, reason: &str, topic: &str) {
