@@ -76,10 +76,12 @@ impl StagedFile {
     pub fn commit(mut self) -> std::io::Result<()> {
         std::fs::rename(&self.temp, &self.target)?;
         self.committed = true;
-        if let Some(dir) = self.target.parent() {
-            sync_dir(dir)?;
+        // A bare file name's parent is "": the current directory.
+        match self.target.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => sync_dir(dir),
+            Some(_) => sync_dir(Path::new(".")),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 
