@@ -140,9 +140,21 @@ async fn screen(mut socket: WebSocket, lane: LaneHandle) {
 pub(super) async fn terminal(
     State(st): State<AppState>,
     Path(id): Path<String>,
+    ext: axum::http::Extensions,
     body: String,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let handle = lane(&st, &id)?;
+    // A test and demo facility: only from the gateway itself, never from the store's network.
+    let local = ext
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .is_some_and(|c| c.0.ip().is_loopback());
+    if !local {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            error_code::FORBIDDEN,
+            "the simulated terminal is scripted from the gateway itself (loopback) only",
+        ));
+    }
     if body.len() > MAX_SCRIPT_BYTES {
         return Err(ApiError::unprocessable(format!(
             "a terminal script is at most {MAX_SCRIPT_BYTES} bytes"
