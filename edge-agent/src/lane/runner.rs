@@ -509,7 +509,9 @@ impl Runner {
                         self.scale_failures += 1;
                         if self.scale_failures == SCALE_FAILURES {
                             self.session.device_alert("bagging scale", reason);
-                            self.publish(json!({"kind": "device", "device": "bagging scale"}));
+                            self.publish(
+                                json!({"kind": "device_alert", "device": "bagging scale"}),
+                            );
                         }
                     }
                 }
