@@ -1197,6 +1197,8 @@ impl Runner {
         match reversal {
             Reversal::Reversed | Reversal::NotCharged => {
                 self.settle(&approval.sale_ref.to_string());
+                // The next attempt draws a new sale id: one the ledger refused stays refused.
+                self.sale_id = None;
                 self.session.payment_failed();
                 let message = format!("Payment not taken: {why}. The charge was voided.");
                 self.publish(json!({"kind": "payment_failed", "message": message}));
