@@ -10,11 +10,10 @@
 //! lane screen is saved as `/tmp/lane-page.png` and the receipt as `/tmp/lane-receipt.png`.
 #![allow(clippy::unwrap_used)]
 
+mod browser;
+
 use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use aisle_agent::clock::SystemClock;
 use aisle_agent::config::{AgentConfig, ClockConfig, SyncConfig};
@@ -22,13 +21,12 @@ use aisle_agent::{Agent, AgentHandle};
 use aisle_protocol::sync::PriceChange;
 use aisle_protocol::{BatchId, Currency, Gtin, Money, SaleId, UtcMillis};
 use anyhow::{Context, ensure};
-use fantoccini::{Client, ClientBuilder, Locator};
-use serde_json::json;
+use fantoccini::Client;
+
+use browser::*;
 
 /// A product name that would be markup if a page ever put data in the DOM as HTML.
 const MARKUP_NAME: &str = "Chili oil <b>extra hot</b>";
-/// How long the page gets to show something.
-const UI_WAIT: Duration = Duration::from_secs(10);
 /// The kiosk display.
 const VIEWPORT: (u32, u32) = (1280, 800);
 
@@ -103,174 +101,6 @@ id = "1"
         _dir: dir,
     }
 }
-
-// ---- the browser (as tests/pickup_page.rs) ---------------------------------------------------
-
-/// chromedriver on a free port, killed on drop.
-struct Chromedriver {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Chromedriver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn binary(var: &str, default: &str) -> PathBuf {
-    std::env::var_os(var).map_or_else(|| PathBuf::from(default), PathBuf::from)
-}
-
-async fn start_chromedriver() -> Chromedriver {
-    let driver = binary("CHROMEDRIVER", "/usr/bin/chromedriver");
-    assert!(
-        driver.is_file(),
-        "chromedriver not found at {}: this test needs Debian's `chromium` and `chromium-driver` \
-         (apt-get install -y chromium chromium-driver; scripts/test installs them), or \
-         CHROMEDRIVER=/path/to/chromedriver",
-        driver.display()
-    );
-    let port = {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let child = Command::new(&driver)
-        .arg(format!("--port={port}"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", driver.display()));
-    let d = Chromedriver {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-    };
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "chromedriver did not listen on port {port}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    d
-}
-
-/// A headless Chromium at the kiosk's size.
-async fn open_browser(driver: &Chromedriver, profile: &std::path::Path) -> Client {
-    let (width, height) = VIEWPORT;
-    let chromium = binary("CHROMIUM", "/usr/bin/chromium");
-    assert!(
-        chromium.is_file(),
-        "chromium not found at {}: apt-get install -y chromium chromium-driver, or set CHROMIUM",
-        chromium.display()
-    );
-    let mut caps = serde_json::Map::new();
-    caps.insert("browserName".into(), json!("chrome"));
-    caps.insert(
-        "goog:chromeOptions".into(),
-        json!({
-            "binary": chromium.to_string_lossy(),
-            "args": [
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-dev-shm-usage",
-                "--disable-gpu",
-                "--no-first-run",
-                "--disable-extensions",
-                "--lang=en-US",
-                format!("--window-size={width},{height}"),
-                format!("--user-data-dir={}", profile.display()),
-            ],
-        }),
-    );
-    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    ClientBuilder::new(connector)
-        .capabilities(caps)
-        .connect(&driver.url)
-        .await
-        .unwrap_or_else(|e| panic!("chromedriver at {} did not start Chromium: {e}", driver.url))
-}
-
-fn css(s: &str) -> Locator<'_> {
-    Locator::Css(s)
-}
-
-/// Waits until the element at `selector` is displayed and its text contains every one of `parts`.
-async fn wait_text(c: &Client, selector: &str, parts: &[&str]) -> anyhow::Result<String> {
-    let deadline = Instant::now() + UI_WAIT;
-    let mut last = String::new();
-    loop {
-        if let Ok(e) = c.find(css(selector)).await
-            && e.is_displayed().await.unwrap_or(false)
-        {
-            last = e.text().await.unwrap_or_default();
-            if parts.iter().all(|p| last.contains(p)) {
-                return Ok(last);
-            }
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "`{selector}` never showed {parts:?}; it shows: {last:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn wait_shown(c: &Client, selector: &str) -> anyhow::Result<fantoccini::elements::Element> {
-    let deadline = Instant::now() + UI_WAIT;
-    loop {
-        if let Ok(e) = c.find(css(selector)).await
-            && e.is_displayed().await.unwrap_or(false)
-        {
-            return Ok(e);
-        }
-        ensure!(Instant::now() < deadline, "`{selector}` never appeared");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Waits until the button at `selector` can be pressed.
-async fn wait_enabled(c: &Client, selector: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + UI_WAIT;
-    loop {
-        let e = wait_shown(c, selector).await?;
-        if e.is_enabled().await.unwrap_or(false) {
-            return Ok(());
-        }
-        ensure!(Instant::now() < deadline, "`{selector}` never enabled");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn click(c: &Client, selector: &str) -> anyhow::Result<()> {
-    let e = wait_shown(c, selector).await?;
-    c.execute(
-        "arguments[0].scrollIntoView({block: 'center', inline: 'nearest'})",
-        vec![serde_json::to_value(&e)?],
-    )
-    .await?;
-    e.click().await.with_context(|| format!("click {selector}"))
-}
-
-async fn type_into(c: &Client, selector: &str, text: &str) -> anyhow::Result<()> {
-    let e = wait_shown(c, selector).await?;
-    e.send_keys(text)
-        .await
-        .with_context(|| format!("type into {selector}"))
-}
-
-async fn shot(c: &Client, file: &str) -> anyhow::Result<()> {
-    let png = c.screenshot().await?;
-    std::fs::write(file, &png).with_context(|| format!("writing {file}"))
-}
-
-const ENTER: &str = "\u{e007}";
 
 /// The shopper's flow. Returns the sale id (an error, not a panic, so the browser is always
 /// closed).
@@ -367,7 +197,12 @@ async fn scan_pay_and_open_the_receipt_in_headless_chromium() {
     let driver = start_chromedriver().await;
     let store = start_store().await;
     let profile = tempfile::tempdir().unwrap();
-    let client = open_browser(&driver, profile.path()).await;
+    let kiosk = Device {
+        width: VIEWPORT.0,
+        height: VIEWPORT.1,
+        touch: false,
+    };
+    let client = open_browser(&driver, profile.path(), kiosk).await;
     let outcome = shopper_flow(&client, &store).await;
     if outcome.is_err()
         && let Ok(png) = client.screenshot().await

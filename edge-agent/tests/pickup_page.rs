@@ -8,11 +8,9 @@
 //! `CHROMIUM` to use other binaries than `/usr/bin/chromedriver` and `/usr/bin/chromium`.
 #![allow(clippy::unwrap_used)]
 
+mod browser;
 mod common;
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,15 +25,16 @@ use aisle_protocol::sync::{
     UploadAck, path,
 };
 use aisle_protocol::{OrderId, StoreId, UtcMillis};
-use anyhow::{Context, ensure};
+use anyhow::ensure;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use browser::*;
 use common::gtin;
 use ed25519_dalek::SigningKey;
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::Client;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
@@ -55,8 +54,6 @@ const LOCATION: &str = "Shelf B3";
 const MARKUP_NAME: &str = "Chili oil <b>extra hot</b>";
 /// Each screen is saved as `/tmp/pickup-<name>.png` at phone size, to look at.
 const SCREENSHOTS: &str = "/tmp/pickup";
-/// How long the page gets to show something.
-const UI_WAIT: Duration = Duration::from_secs(10);
 
 // ---- a fake hub: one changefeed and an upload endpoint that keeps everything -------------------
 
@@ -320,61 +317,6 @@ impl Store {
 
 // ---- the browser ---------------------------------------------------------------------------
 
-/// chromedriver on a free port, killed on drop.
-struct Chromedriver {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Chromedriver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn binary(var: &str, default: &str) -> PathBuf {
-    std::env::var_os(var).map_or_else(|| PathBuf::from(default), PathBuf::from)
-}
-
-async fn start_chromedriver() -> Chromedriver {
-    let driver = binary("CHROMEDRIVER", "/usr/bin/chromedriver");
-    assert!(
-        driver.is_file(),
-        "chromedriver not found at {}: this test needs Debian's `chromium` and `chromium-driver` \
-         (apt-get install -y chromium chromium-driver; scripts/test installs them), or \
-         CHROMEDRIVER=/path/to/chromedriver",
-        driver.display()
-    );
-    let port = {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let child = Command::new(&driver)
-        .arg(format!("--port={port}"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", driver.display()));
-    let d = Chromedriver {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-    };
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "chromedriver did not listen on port {port}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    d
-}
-
 /// The viewport: a 390x844 phone, or `AISLE_PICKUP_VIEWPORT=820x1180` (say) to look at the
 /// screens at tablet size.
 fn viewport() -> (u32, u32) {
@@ -387,120 +329,6 @@ fn viewport() -> (u32, u32) {
         .unwrap_or((390, 844))
 }
 
-/// A headless Chromium with the [`viewport`].
-async fn open_browser(driver: &Chromedriver, profile: &std::path::Path) -> Client {
-    let (width, height) = viewport();
-    let chromium = binary("CHROMIUM", "/usr/bin/chromium");
-    assert!(
-        chromium.is_file(),
-        "chromium not found at {}: apt-get install -y chromium chromium-driver, or set CHROMIUM",
-        chromium.display()
-    );
-    let mut caps = serde_json::Map::new();
-    caps.insert("browserName".into(), json!("chrome"));
-    caps.insert(
-        "goog:chromeOptions".into(),
-        json!({
-            "binary": chromium.to_string_lossy(),
-            "args": [
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-dev-shm-usage",
-                "--disable-gpu",
-                "--no-first-run",
-                "--disable-extensions",
-                "--lang=en-US",
-                format!("--window-size={width},{height}"),
-                format!("--user-data-dir={}", profile.display()),
-            ],
-            "mobileEmulation": {
-                "deviceMetrics": { "width": width, "height": height, "pixelRatio": 2.0, "touch": true }
-            }
-        }),
-    );
-    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    ClientBuilder::new(connector)
-        .capabilities(caps)
-        .connect(&driver.url)
-        .await
-        .unwrap_or_else(|e| panic!("chromedriver at {} did not start Chromium: {e}", driver.url))
-}
-
-fn css(s: &str) -> Locator<'_> {
-    Locator::Css(s)
-}
-
-/// Waits until the element at `selector` is displayed and its text contains every one of `parts`.
-async fn wait_text(c: &Client, selector: &str, parts: &[&str]) -> anyhow::Result<String> {
-    let deadline = Instant::now() + UI_WAIT;
-    let mut last = String::new();
-    loop {
-        if let Ok(e) = c.find(css(selector)).await
-            && e.is_displayed().await.unwrap_or(false)
-        {
-            last = e.text().await.unwrap_or_default();
-            if parts.iter().all(|p| last.contains(p)) {
-                return Ok(last);
-            }
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "`{selector}` never showed {parts:?}; it shows: {last:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn wait_shown(c: &Client, selector: &str) -> anyhow::Result<fantoccini::elements::Element> {
-    let deadline = Instant::now() + UI_WAIT;
-    loop {
-        if let Ok(e) = c.find(css(selector)).await
-            && e.is_displayed().await.unwrap_or(false)
-        {
-            return Ok(e);
-        }
-        ensure!(Instant::now() < deadline, "`{selector}` never appeared");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Clicks like a finger: the element first scrolled to the middle of the screen (WebDriver's own
-/// scrolling puts it at the top, under the page's sticky header).
-async fn click(c: &Client, selector: &str) -> anyhow::Result<()> {
-    let e = wait_shown(c, selector).await?;
-    c.execute(
-        "arguments[0].scrollIntoView({block: 'center', inline: 'nearest'})",
-        vec![serde_json::to_value(&e)?],
-    )
-    .await?;
-    e.click().await.with_context(|| format!("click {selector}"))
-}
-
-/// Types over whatever the field holds, as a person would (select all, type): WebDriver's clear
-/// would fire a change event of its own.
-async fn type_into(c: &Client, selector: &str, text: &str) -> anyhow::Result<()> {
-    let e = wait_shown(c, selector).await?;
-    e.send_keys(&format!("{CONTROL}a{RELEASE}{text}"))
-        .await
-        .with_context(|| format!("type into {selector}"))
-}
-
-async fn is_hidden(c: &Client, selector: &str) -> anyhow::Result<bool> {
-    Ok(!c.find(css(selector)).await?.is_displayed().await?)
-}
-
-async fn shot(c: &Client, name: &str) -> anyhow::Result<()> {
-    let png = c.screenshot().await?;
-    let file = format!("{SCREENSHOTS}-{name}.png");
-    std::fs::write(&file, &png).with_context(|| format!("writing {file}"))
-}
-
-const ENTER: &str = "\u{e007}";
-const TAB: &str = "\u{e004}";
-const CONTROL: &str = "\u{e009}";
-/// Releases held modifier keys.
-const RELEASE: &str = "\u{e000}";
-
 /// The whole staff flow. Returns an error (not a panic) so the browser is always closed.
 async fn staff_flow(c: &Client, s: &Store) -> anyhow::Result<()> {
     c.goto(&format!("{}/pickup", s.base)).await?;
@@ -512,7 +340,7 @@ async fn staff_flow(c: &Client, s: &Store) -> anyhow::Result<()> {
     type_into(c, "#pin", "1111").await?;
     click(c, "#signin-btn").await?;
     wait_text(c, "#signin-msg", &["Wrong PIN"]).await?;
-    shot(c, "signin-refused").await?;
+    shot(c, &format!("{SCREENSHOTS}-signin-refused.png")).await?;
     ensure!(
         is_hidden(c, "#s-queue").await?,
         "a wrong PIN showed the queue"
@@ -523,7 +351,7 @@ async fn staff_flow(c: &Client, s: &Store) -> anyhow::Result<()> {
     type_into(c, "#pin", &format!("{PIN}{ENTER}")).await?;
     wait_text(c, "#who", &[STAFF]).await?;
     let queue = wait_text(c, "#q-list", &[SOON, LATER]).await?;
-    shot(c, "queue").await?;
+    shot(c, &format!("{SCREENSHOTS}-queue.png")).await?;
     ensure!(
         queue.find(SOON) < queue.find(LATER),
         "soonest first: {queue:?}"
@@ -565,7 +393,7 @@ async fn staff_flow(c: &Client, s: &Store) -> anyhow::Result<()> {
     // 4. Start picking: the API records who.
     click(c, "#o-pick").await?;
     wait_text(c, "#o-facts", &["Picking", STAFF]).await?;
-    shot(c, "picking").await?;
+    shot(c, &format!("{SCREENSHOTS}-picking.png")).await?;
     let o = s.order(SOON).await;
     ensure!(o["status"] == "picking" && o["picking_by"] == STAFF, "{o}");
 
@@ -582,7 +410,7 @@ async fn staff_flow(c: &Client, s: &Store) -> anyhow::Result<()> {
     click(c, "#o-ready").await?;
     wait_text(c, "#o-facts", &["Ready", LOCATION]).await?;
     wait_text(c, "#o-info", &["Ready at Shelf B3"]).await?;
-    shot(c, "ready").await?;
+    shot(c, &format!("{SCREENSHOTS}-ready.png")).await?;
     let o = s.order(SOON).await;
     ensure!(o["status"] == "ready" && o["location"] == LOCATION, "{o}");
     let missing: Vec<&str> = o["lines"]
@@ -642,7 +470,7 @@ async fn staff_flow(c: &Client, s: &Store) -> anyhow::Result<()> {
         .css_value("background-color")
         .await?;
     ensure!(green.contains("11, 107, 47"), "verdict background {green}");
-    shot(c, "handover").await?;
+    shot(c, &format!("{SCREENSHOTS}-handover.png")).await?;
     let o = s.order(SOON).await;
     ensure!(o["status"] == "partially_collected", "{o}");
     let col = &o["collected"];
@@ -685,7 +513,7 @@ async fn staff_flow(c: &Client, s: &Store) -> anyhow::Result<()> {
         &["Already collected at ", " by Ana, at counter-1."],
     )
     .await?;
-    shot(c, "refused").await?;
+    shot(c, &format!("{SCREENSHOTS}-refused.png")).await?;
     ensure!(
         s.order(SOON).await["collected"]["method"] == "code",
         "the second scan changed the collection: {refused}"
@@ -700,7 +528,7 @@ async fn staff_flow(c: &Client, s: &Store) -> anyhow::Result<()> {
     )
     .await?;
     ensure!(!history.contains(LATER), "{history:?}");
-    shot(c, "history").await?;
+    shot(c, &format!("{SCREENSHOTS}-history.png")).await?;
     click(c, "#nav-queue").await?;
     let queue = wait_text(c, "#q-list", &[LATER]).await?;
     ensure!(!queue.contains(SOON), "{queue:?}");
@@ -745,7 +573,13 @@ async fn staff_pick_ready_and_hand_over_in_headless_chromium() {
     let driver = start_chromedriver().await;
     let store = start_store().await;
     let profile = tempfile::tempdir().unwrap();
-    let client = open_browser(&driver, profile.path()).await;
+    let (width, height) = viewport();
+    let phone = Device {
+        width,
+        height,
+        touch: true,
+    };
+    let client = open_browser(&driver, profile.path(), phone).await;
     let outcome = staff_flow(&client, &store).await;
     if outcome.is_err()
         && let Ok(png) = client.screenshot().await

@@ -12,11 +12,10 @@
 //! `CHROMIUM` to use other binaries than `/usr/bin/chromedriver` and `/usr/bin/chromium`.
 #![allow(clippy::unwrap_used)]
 
+mod browser;
+
 use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use aisle_agent::clock::SystemClock;
 use aisle_agent::config::{
@@ -27,8 +26,10 @@ use aisle_agent::doctor::Verdict;
 use aisle_agent::labels::LabelSettings;
 use aisle_agent::{Agent, AgentHandle};
 use anyhow::{Context, ensure};
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::Client;
 use serde_json::{Value, json};
+
+use browser::*;
 
 const SECRET: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 const GATEWAY: &str = "gw-S001-1a2b3c4d";
@@ -40,8 +41,6 @@ const MANAGER: &str = "Max";
 const MANAGER_PIN: &str = "1357";
 const CAMERA: &str = "door-1";
 const ACCESS_POINT: &str = "/dev/serial/by-id/usb-aisle-ap-unplugged";
-/// How long the page gets to show something (the self-check asks the hub, which is down).
-const UI_WAIT: Duration = Duration::from_secs(15);
 
 fn cheap_hash(pin: &str) -> String {
     let params = argon2::Params::new(8, 1, 1, None).unwrap();
@@ -384,157 +383,8 @@ async fn setup_page_is_served_with_a_strict_policy() {
 
 // ---- the browser ---------------------------------------------------------------------------
 
-/// chromedriver on a free port, killed on drop.
-struct Chromedriver {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Chromedriver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn binary(var: &str, default: &str) -> PathBuf {
-    std::env::var_os(var).map_or_else(|| PathBuf::from(default), PathBuf::from)
-}
-
-async fn start_chromedriver() -> Chromedriver {
-    let driver = binary("CHROMEDRIVER", "/usr/bin/chromedriver");
-    assert!(
-        driver.is_file(),
-        "chromedriver not found at {}: this test needs Debian's `chromium` and `chromium-driver` \
-         (apt-get install -y chromium chromium-driver; scripts/test installs them), or \
-         CHROMEDRIVER=/path/to/chromedriver",
-        driver.display()
-    );
-    let port = closed_port();
-    let child = Command::new(&driver)
-        .arg(format!("--port={port}"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", driver.display()));
-    let d = Chromedriver {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-    };
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "chromedriver did not listen on port {port}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    d
-}
-
-/// A headless Chromium at a tablet's size (what a technician carries).
-async fn open_browser(driver: &Chromedriver, profile: &std::path::Path) -> Client {
-    let chromium = binary("CHROMIUM", "/usr/bin/chromium");
-    assert!(
-        chromium.is_file(),
-        "chromium not found at {}: apt-get install -y chromium chromium-driver, or set CHROMIUM",
-        chromium.display()
-    );
-    let mut caps = serde_json::Map::new();
-    caps.insert("browserName".into(), json!("chrome"));
-    caps.insert(
-        "goog:chromeOptions".into(),
-        json!({
-            "binary": chromium.to_string_lossy(),
-            "args": [
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-dev-shm-usage",
-                "--disable-gpu",
-                "--no-first-run",
-                "--disable-extensions",
-                "--lang=en-US",
-                "--window-size=820,1180",
-                format!("--user-data-dir={}", profile.display()),
-            ],
-        }),
-    );
-    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    ClientBuilder::new(connector)
-        .capabilities(caps)
-        .connect(&driver.url)
-        .await
-        .unwrap_or_else(|e| panic!("chromedriver at {} did not start Chromium: {e}", driver.url))
-}
-
-fn css(s: &str) -> Locator<'_> {
-    Locator::Css(s)
-}
-
-/// Waits until the element at `selector` is displayed and its text contains every one of `parts`.
-async fn wait_text(c: &Client, selector: &str, parts: &[&str]) -> anyhow::Result<String> {
-    let deadline = Instant::now() + UI_WAIT;
-    let mut last = String::new();
-    loop {
-        if let Ok(e) = c.find(css(selector)).await
-            && e.is_displayed().await.unwrap_or(false)
-        {
-            last = e.text().await.unwrap_or_default();
-            if parts.iter().all(|p| last.contains(p)) {
-                return Ok(last);
-            }
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "`{selector}` never showed {parts:?}; it shows: {last:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn wait_shown(c: &Client, selector: &str) -> anyhow::Result<fantoccini::elements::Element> {
-    let deadline = Instant::now() + UI_WAIT;
-    loop {
-        if let Ok(e) = c.find(css(selector)).await
-            && e.is_displayed().await.unwrap_or(false)
-        {
-            return Ok(e);
-        }
-        ensure!(Instant::now() < deadline, "`{selector}` never appeared");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn click(c: &Client, selector: &str) -> anyhow::Result<()> {
-    let e = wait_shown(c, selector).await?;
-    e.click().await.with_context(|| format!("click {selector}"))
-}
-
-/// Types over whatever the field holds (select all, type).
-async fn type_into(c: &Client, selector: &str, text: &str) -> anyhow::Result<()> {
-    let e = wait_shown(c, selector).await?;
-    e.send_keys(&format!("{CONTROL}a{RELEASE}{text}"))
-        .await
-        .with_context(|| format!("type into {selector}"))
-}
-
-async fn is_hidden(c: &Client, selector: &str) -> anyhow::Result<bool> {
-    Ok(!c.find(css(selector)).await?.is_displayed().await?)
-}
-
-async fn shot(c: &Client, name: &str) -> anyhow::Result<()> {
-    let png = c.screenshot().await?;
-    let file = format!("/tmp/setup-{name}.png");
-    std::fs::write(&file, &png).with_context(|| format!("writing {file}"))
-}
-
-const ENTER: &str = "\u{e007}";
-const CONTROL: &str = "\u{e009}";
-const RELEASE: &str = "\u{e000}";
+/// Where the screenshots go (`/tmp/setup-<step>.png`).
+const SCREENSHOTS: &str = "/tmp/setup";
 
 /// The technician's visit. Returns an error (not a panic) so the browser is always closed.
 async fn technician_flow(c: &Client, g: &Gateway) -> anyhow::Result<()> {
@@ -551,7 +401,7 @@ async fn technician_flow(c: &Client, g: &Gateway) -> anyhow::Result<()> {
     wait_text(c, "#signin-msg", &["Wrong PIN"]).await?;
     type_into(c, "#pin", &format!("{STAFF_PIN}{ENTER}")).await?;
     wait_text(c, "#signin-msg", &["not a technician's"]).await?;
-    shot(c, "refused").await?;
+    shot(c, &format!("{SCREENSHOTS}-refused.png")).await?;
     ensure!(
         is_hidden(c, "#s-setup").await?,
         "a staff PIN opened the setup page"
@@ -596,7 +446,7 @@ async fn technician_flow(c: &Client, g: &Gateway) -> anyhow::Result<()> {
     .await?;
     let hub = wait_text(c, "#devices li[data-ok='false']", &["hub"]).await?;
     ensure!(hub.contains("down"), "{hub}");
-    shot(c, "checklist").await?;
+    shot(c, &format!("{SCREENSHOTS}-checklist.png")).await?;
 
     // 4. Check again runs the checks again.
     click(c, "#recheck-btn").await?;
@@ -634,7 +484,13 @@ async fn technician_signs_in_and_reads_the_checklist_in_headless_chromium() {
     let driver = start_chromedriver().await;
     let g = start_gateway().await;
     let profile = tempfile::tempdir().unwrap();
-    let client = open_browser(&driver, profile.path()).await;
+    // A tablet: what a technician carries.
+    let tablet = Device {
+        width: 820,
+        height: 1180,
+        touch: false,
+    };
+    let client = open_browser(&driver, profile.path(), tablet).await;
     let outcome = technician_flow(&client, &g).await;
     if outcome.is_err()
         && let Ok(png) = client.screenshot().await

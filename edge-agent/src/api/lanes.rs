@@ -10,8 +10,8 @@ use aisle_protocol::sync::error_code;
 use axum::Json;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::{broadcast, oneshot};
@@ -42,7 +42,8 @@ fn lane<'a>(st: &'a AppState, id: &str) -> Result<&'a LaneHandle, ApiError> {
 
 pub(super) async fn page(State(st): State<AppState>, Path(id): Path<String>) -> Response {
     match lane(&st, &id) {
-        Ok(_) => ([(header::CACHE_CONTROL, "no-store")], Html(LANE_HTML)).into_response(),
+        // Served like the pickup and setup pages: its own strict content-security-policy.
+        Ok(_) => super::pickup_page::html_page(LANE_HTML),
         Err(e) => e.into_response(),
     }
 }
@@ -237,7 +238,7 @@ pub(super) async fn receipt_page(
     Query(q): Query<ReceiptQuery>,
 ) -> Response {
     match checked(&st, &sale_id, &q.k) {
-        Ok(_) => Html(RECEIPT_HTML).into_response(),
+        Ok(_) => super::pickup_page::html_page(RECEIPT_HTML),
         Err(e) => e.into_response(),
     }
 }
@@ -284,4 +285,16 @@ pub(super) async fn receipt_json(
         "currency": sale.record.total.currency,
         "payment": sale.record.payment,
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lane screen and the digital receipt keep to the pickup page's policy.
+    #[test]
+    fn the_pages_keep_to_their_policy() {
+        crate::api::pickup_page::assert_keeps_to_policy(LANE_HTML);
+        crate::api::pickup_page::assert_keeps_to_policy(RECEIPT_HTML);
+    }
 }

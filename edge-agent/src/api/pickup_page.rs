@@ -46,24 +46,8 @@ fn inline_hash(html: &str, open: &str, close: &str) -> String {
 
 /// Standard base64 with padding (what CSP hash sources use).
 fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for (i, shift) in [18u32, 12, 6, 0].into_iter().enumerate() {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> shift) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 pub(super) async fn page() -> Response {
@@ -103,6 +87,43 @@ fn page_with(html: &'static str, csp: HeaderValue) -> Response {
     r
 }
 
+/// What every self-contained page must keep to under [`content_security_policy`]: one inline
+/// script and one inline style, nothing loaded from elsewhere, no HTML built from data, no
+/// inline event handlers.
+#[cfg(test)]
+pub(crate) fn assert_keeps_to_policy(html: &str) {
+    for tag in ["<script", "</script>", "<style", "</style>"] {
+        assert_eq!(html.matches(tag).count(), 1, "exactly one {tag}");
+    }
+    assert!(html.contains("<script>") && html.contains("<style>"));
+    let lower = html.to_ascii_lowercase();
+    for banned in [
+        "style=\"",
+        "javascript:",
+        "http://",
+        "https://",
+        "src=",
+        "innerhtml",
+        "outerhtml",
+        "insertadjacenthtml",
+        "document.write",
+        "eval(",
+        "new function",
+    ] {
+        assert!(!lower.contains(banned), "the page contains `{banned}`");
+    }
+    // No inline event handler attributes (` onclick="..."` and the like).
+    for (i, _) in lower.match_indices(" on") {
+        let rest = &lower[i + 3..];
+        let name_len = rest.bytes().take_while(u8::is_ascii_lowercase).count();
+        assert!(
+            !(name_len > 0 && rest[name_len..].starts_with('=')),
+            "inline handler near: {}",
+            &html[i..(i + 40).min(html.len())]
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -140,37 +161,7 @@ mod tests {
     /// page must not use what it would block, nor load anything from elsewhere.
     #[test]
     fn the_page_keeps_to_its_policy() {
-        let html = PICKUP_HTML;
-        for tag in ["<script", "</script>", "<style", "</style>"] {
-            assert_eq!(html.matches(tag).count(), 1, "exactly one {tag}");
-        }
-        assert!(html.contains("<script>") && html.contains("<style>"));
-        let lower = html.to_ascii_lowercase();
-        for banned in [
-            "style=\"",
-            "javascript:",
-            "http://",
-            "https://",
-            "src=",
-            "innerhtml",
-            "outerhtml",
-            "insertadjacenthtml",
-            "document.write",
-            "eval(",
-            "new function",
-        ] {
-            assert!(!lower.contains(banned), "the page contains `{banned}`");
-        }
-        // No inline event handler attributes (` onclick="..."` and the like).
-        for (i, _) in lower.match_indices(" on") {
-            let rest = &lower[i + 3..];
-            let name_len = rest.bytes().take_while(u8::is_ascii_lowercase).count();
-            assert!(
-                !(name_len > 0 && rest[name_len..].starts_with('=')),
-                "inline handler near: {}",
-                &html[i..(i + 40).min(html.len())]
-            );
-        }
+        assert_keeps_to_policy(PICKUP_HTML);
         let csp = CSP.to_str().unwrap();
         assert!(
             csp.starts_with("default-src 'self'; script-src 'sha256-"),
