@@ -297,7 +297,7 @@ pub fn spawn(
         tracing::error!(lane = %id, "{w}");
     }
     let runner = Runner {
-        pending,
+        pending: Arc::new(std::sync::Mutex::new(pending)),
         voiding: false,
         recovering: false,
         id,
@@ -320,8 +320,9 @@ pub fn spawn(
 }
 
 struct Runner {
-    /// Attempts handed to the terminal and not settled (on disk).
-    pending: super::pending::PendingPayments,
+    /// Attempts handed to the terminal and not settled (on disk; written on the blocking pool,
+    /// never on a runtime thread).
+    pending: Arc<std::sync::Mutex<super::pending::PendingPayments>>,
     /// A void of unsettled attempts is with the terminal.
     voiding: bool,
     /// An attendant's recovery is with the terminal.
@@ -567,9 +568,17 @@ impl Runner {
     /// Forgets a settled attempt (logged if the file cannot be written: the lane then voids it
     /// again later, which the terminal answers as not charged or already voided).
     fn settle(&mut self, sale_ref: &str) {
-        if let Err(e) = self.pending.settle(sale_ref) {
-            tracing::error!(lane = %self.id, sale_ref, error = %e, "cannot record a settled payment");
-        }
+        let pending = self.pending.clone();
+        let (lane, sale_ref) = (self.id.clone(), sale_ref.to_string());
+        tokio::task::spawn_blocking(move || {
+            let done = pending
+                .lock()
+                .map_err(|_| "the pending list is poisoned".to_string())
+                .and_then(|mut p| p.settle(&sale_ref));
+            if let Err(e) = done {
+                tracing::error!(%lane, %sale_ref, error = %e, "cannot record a settled payment");
+            }
+        });
     }
 
     /// Sends every unsettled attempt that is not the visit's live one to the terminal to be
@@ -583,7 +592,11 @@ impl Runner {
             _ => None,
         };
         let mut to_void = Vec::new();
-        for a in self.pending.attempts().to_vec() {
+        let attempts = match self.pending.lock() {
+            Ok(p) => p.attempts().to_vec(),
+            Err(_) => return,
+        };
+        for a in attempts {
             if Some(&a.sale_ref) == live.as_ref() {
                 continue;
             }
@@ -986,12 +999,22 @@ impl Runner {
         };
         // On disk before the terminal is asked: whatever happens next, this attempt is either
         // settled or voided at the terminal, never forgotten.
-        if let Err(e) = self.pending.begin(super::pending::PendingAttempt {
+        let attempt_record = super::pending::PendingAttempt {
             sale_ref: format!("{sale_id}:{attempt}"),
             sale_id: sale_id.to_string(),
             amount,
             since_ms: self.ctx.hub_time.now().0,
-        }) {
+        };
+        let pending = self.pending.clone();
+        let begun = tokio::task::spawn_blocking(move || {
+            pending
+                .lock()
+                .map_err(|_| "the pending list is poisoned".to_string())
+                .and_then(|mut p| p.begin(attempt_record))
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        if let Err(e) = begun {
             self.session.payment_failed();
             tracing::error!(lane = %self.id, error = %e, "cannot record a payment attempt");
             return self.say(

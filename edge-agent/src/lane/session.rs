@@ -121,8 +121,14 @@ impl LaneLine {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "alert")]
 pub enum Alert {
-    /// The bagging area does not weigh what the basket should.
-    Weight { expected_g: u64, actual_g: i64 },
+    /// The bagging area does not weigh what the basket should. `missing`: less than it should
+    /// (the shopper has not bagged yet: they are asked to, an attendant cannot wave it
+    /// through); else more (an unscanned item: the attendant's call).
+    Weight {
+        expected_g: i64,
+        actual_g: i64,
+        missing: bool,
+    },
     /// An age-restricted item needs the attendant's look at the shopper.
     Age { line_no: u32, age_min: u8 },
     /// The card terminal left the payment undecided (no answer, or a charge that could not be
@@ -139,6 +145,15 @@ impl Alert {
             Alert::Weight {
                 expected_g,
                 actual_g,
+                missing: true,
+            } => format!(
+                "Please put your items in the bagging area ({actual_g} g there, {expected_g} g \
+                 expected)."
+            ),
+            Alert::Weight {
+                expected_g,
+                actual_g,
+                missing: false,
             } => format!(
                 "Unexpected weight in the bagging area ({actual_g} g, expected {expected_g} g). \
                  An attendant is coming."
@@ -472,8 +487,10 @@ impl LaneSession {
         self.alerts.retain(|a| !matches!(a, Alert::Weight { .. }));
         if off {
             self.alerts.push(Alert::Weight {
-                expected_g: expected,
+                // What the bag should hold, with what an attendant accepted before.
+                expected_g: expected_i.saturating_add(self.bagging_offset_g),
                 actual_g: actual,
+                missing: diff < 0,
             });
         }
     }
@@ -494,8 +511,10 @@ impl LaneSession {
     }
 
     /// The attendant approves what the lane waits for: age checks (recorded with their name),
-    /// the bagging weight as it is (kept as an offset), device alerts. A payment alert stays:
-    /// it is settled by [`LaneSession::recover_payment`]. Returns what was approved.
+    /// extra weight in the bagging area as it is (kept as an offset), device alerts. Weight
+    /// still missing stays (the shopper bags the items; approving an age check must not accept
+    /// an unbagged basket), and so does a payment alert: it is settled by
+    /// [`LaneSession::recover_payment`]. Returns what was approved.
     pub fn approve(&mut self, attendant: &str) -> Vec<Alert> {
         let mut approved = Vec::new();
         let (expected, _) = self.expected_weight();
@@ -508,10 +527,15 @@ impl LaneSession {
                     }
                     approved.push(a);
                 }
-                Alert::Weight { actual_g, .. } => {
+                Alert::Weight {
+                    actual_g,
+                    missing: false,
+                    ..
+                } => {
                     self.bagging_offset_g = actual_g - i64::try_from(expected).unwrap_or(0);
                     approved.push(a);
                 }
+                Alert::Weight { missing: true, .. } => keep.push(a),
                 Alert::Device { .. } => approved.push(a),
                 Alert::Payment { .. } => keep.push(a),
             }

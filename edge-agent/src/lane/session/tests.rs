@@ -99,7 +99,8 @@ fn bagging_weight_off_raises_an_alert_that_the_weight_or_the_attendant_clears() 
         s.alerts(),
         &[Alert::Weight {
             expected_g: 500,
-            actual_g: 905
+            actual_g: 905,
+            missing: false,
         }]
     );
     assert!(!s.can_pay());
@@ -250,4 +251,33 @@ fn a_price_printed_on_the_pack_gets_no_member_discount() {
     assert_eq!(l.line_total, Money::new(456, cny()));
     let l = s.add(item(1, 1000, ItemRules::default())).unwrap();
     assert_eq!(l.discount, Some(Money::new(100, cny())));
+}
+
+#[test]
+fn weight_still_missing_is_for_the_shopper_not_waved_through_with_an_age_check() {
+    let mut s = session();
+    s.add(item(1, 250, weighs(500))).unwrap();
+    s.weight(500);
+    let wine = ItemRules {
+        age_min: Some(18),
+        unit_weight_g: Some(750),
+    };
+    s.add(item(2, 5000, wine)).unwrap();
+    // The wine is not in the bag yet when the attendant checks the shopper's age.
+    s.weight(500);
+    let approved = s.approve("Ana");
+    assert_eq!(approved.len(), 1, "only the age check: {approved:?}");
+    assert!(matches!(
+        s.alerts(),
+        [Alert::Weight {
+            expected_g: 1250,
+            actual_g: 500,
+            missing: true
+        }]
+    ));
+    assert!(s.alerts()[0].say().contains("Please put your items"));
+    // Bagged: nothing is carried over from the approval.
+    s.weight(1248);
+    assert!(s.alerts().is_empty(), "{:?}", s.alerts());
+    assert!(s.can_pay());
 }
